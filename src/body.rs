@@ -1,0 +1,69 @@
+//! The response body type: either a backend body streamed through untouched, or a small
+//! body the sidecar wrote itself. An enum rather than a boxed trait object, so the hot
+//! path does not allocate for it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+pin_project_lite::pin_project! {
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        /// Streamed from the backend, frame by frame (SSE, long polls, downloads).
+        Stream { #[pin] inner: Incoming },
+        /// Written by the sidecar (errors, admin endpoints).
+        Full { #[pin] inner: Full<Bytes> },
+    }
+}
+
+impl ProxyBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        ProxyBody::Full {
+            inner: Full::new(b.into()),
+        }
+    }
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+    pub fn stream(inner: Incoming) -> Self {
+        ProxyBody::Stream { inner }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ProxyBodyProj::Stream { inner } => inner.poll_frame(cx),
+            ProxyBodyProj::Full { inner } => match inner.poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Stream { inner } => inner.is_end_stream(),
+            ProxyBody::Full { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Stream { inner } => inner.size_hint(),
+            ProxyBody::Full { inner } => inner.size_hint(),
+        }
+    }
+}

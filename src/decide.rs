@@ -1,0 +1,406 @@
+//! What a request is: its canonical path, the route rule that governs it, and the
+//! credentials it carries. Pure functions over request parts; no I/O.
+
+use http::{header, request::Parts, HeaderMap, HeaderValue, Method};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+
+use crate::config::{Auth, Route, RouteMode};
+use crate::error::ProxyError;
+
+/// Characters re-encoded when a canonical path segment is forwarded.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'|')
+    .add(b'[')
+    .add(b']');
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// An encoded `/` or `\`, a raw `\`, NUL or a control character: the path could be
+    /// read two ways by whatever sits behind us.
+    Ambiguous,
+    /// Not an origin-form path, or not UTF-8 after decoding.
+    Malformed,
+}
+
+/// Decodes once, resolves dot segments, merges `//`, keeps a trailing slash. The result
+/// is both what rules are matched on and (re-encoded) what is forwarded, so the two
+/// can never disagree. Canonical paths are fixed points of this function.
+pub fn canonical_path(raw: &str) -> Result<String, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::Malformed);
+    }
+    let mut out: Vec<String> = Vec::new();
+    let mut trailing = false;
+    for seg in raw.split('/').skip(1) {
+        if seg.contains('\\') {
+            return Err(PathError::Ambiguous);
+        }
+        let decoded = percent_decode_str(seg)
+            .decode_utf8()
+            .map_err(|_| PathError::Malformed)?;
+        if decoded.contains(['/', '\\']) || decoded.chars().any(|c| c.is_control()) {
+            return Err(PathError::Ambiguous);
+        }
+        trailing = true;
+        match decoded.as_ref() {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => {
+                out.push(s.to_string());
+                trailing = false;
+            }
+        }
+    }
+    let mut path = String::with_capacity(raw.len());
+    for s in &out {
+        path.push('/');
+        path.push_str(s);
+    }
+    if trailing || path.is_empty() {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+/// The canonical path encoded for the request line sent to the backend.
+pub fn encode_path(canonical: &str) -> String {
+    let mut out = String::with_capacity(canonical.len() + 8);
+    for (i, seg) in canonical.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.extend(utf8_percent_encode(seg, SEGMENT));
+    }
+    out
+}
+
+/// True when a raw path needs no canonicalisation work: the common case, kept cheap.
+fn is_plain(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    b.first() == Some(&b'/')
+        && !b.windows(2).any(|w| w == b"//" || w == b"/.")
+        && b.iter()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, b'%' | b'\\'))
+}
+
+/// Returns (canonical path, path to forward). Plain paths are returned as they are.
+pub fn resolve_path(raw: &str) -> Result<(String, String), PathError> {
+    if is_plain(raw) {
+        return Ok((raw.to_string(), raw.to_string()));
+    }
+    let canonical = canonical_path(raw)?;
+    let forward = encode_path(&canonical);
+    Ok((canonical, forward))
+}
+
+/// The rule for a canonical path: longest matching prefix, on segment boundaries, with
+/// `;parameters` ignored for matching (servlet containers drop them).
+pub fn route_for<'a>(routes: &'a [Route], canonical: &str) -> Option<&'a Route> {
+    let stripped;
+    let path = if canonical.contains(';') {
+        stripped = canonical
+            .split('/')
+            .map(|s| s.split(';').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/");
+        stripped.as_str()
+    } else {
+        canonical
+    };
+    routes.iter().find(|r| {
+        r.prefix.is_empty()
+            || path == r.prefix
+            || (path.starts_with(&r.prefix) && path.as_bytes().get(r.prefix.len()) == Some(&b'/'))
+    })
+}
+
+pub fn mode_of(route: Option<&Route>) -> RouteMode {
+    route.map(|r| r.mode).unwrap_or_default()
+}
+
+/// Where a token was found; upgrade-only sources are removed before forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Authorization,
+    Cookie,
+    Query,
+    WebSocketProtocol,
+}
+
+/// A bearer token found in the request.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub token: String,
+    pub source: Source,
+}
+
+/// Is this a WebSocket upgrade request (HTTP/1.1 `Upgrade: websocket`)?
+pub fn is_websocket_upgrade(parts: &Parts) -> bool {
+    parts.method == Method::GET
+        && parts
+            .headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+        && header_has_token(&parts.headers, header::CONNECTION, "upgrade")
+}
+
+pub fn header_has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Finds the one access token in a request. Two tokens (two Authorization headers, or a
+/// header and a cookie) are refused: which one would the backend believe?
+pub fn extract(
+    parts: &Parts,
+    auth: &Auth,
+    upgrade: bool,
+) -> Result<Option<Credential>, ProxyError> {
+    let mut found: Option<Credential> = None;
+    let mut put = |c: Credential| {
+        if found.is_some() {
+            return Err(ProxyError::InvalidRequest(
+                "credentials were sent more than once",
+            ));
+        }
+        found = Some(c);
+        Ok(())
+    };
+    let mut authz = parts.headers.get_all(header::AUTHORIZATION).iter();
+    if let Some(v) = authz.next() {
+        if authz.next().is_some() {
+            return Err(ProxyError::InvalidRequest(
+                "more than one Authorization header",
+            ));
+        }
+        put(Credential {
+            token: bearer(v)?.to_string(),
+            source: Source::Authorization,
+        })?;
+    }
+    if let Some(name) = &auth.cookie {
+        let mut hits = cookie_values(&parts.headers, name);
+        if let Some(t) = hits.next() {
+            if hits.next().is_some() {
+                return Err(ProxyError::InvalidRequest(
+                    "the token cookie was sent more than once",
+                ));
+            }
+            put(Credential {
+                token: check_token_chars(t)?.to_string(),
+                source: Source::Cookie,
+            })?;
+        }
+    }
+    if upgrade {
+        if let Some(name) = &auth.query_param {
+            let mut hits = query_values(parts.uri.query().unwrap_or(""), name);
+            if let Some(t) = hits.next() {
+                if hits.next().is_some() {
+                    return Err(ProxyError::InvalidRequest(
+                        "the token parameter was sent more than once",
+                    ));
+                }
+                put(Credential {
+                    token: check_token_chars(&t)?.to_string(),
+                    source: Source::Query,
+                })?;
+            }
+        }
+        if let Some(prefix) = &auth.websocket_protocol_prefix {
+            if let Some(t) = protocol_token(&parts.headers, prefix) {
+                put(Credential {
+                    token: check_token_chars(t)?.to_string(),
+                    source: Source::WebSocketProtocol,
+                })?;
+            }
+        }
+    }
+    if let Some(c) = &found {
+        if c.token.len() > auth.max_token_bytes {
+            return Err(ProxyError::InvalidToken("the access token is too large"));
+        }
+    }
+    Ok(found)
+}
+
+/// `Bearer <token68>`, scheme case-insensitive (RFC 6750 §2.1, RFC 9110 §11.1).
+fn bearer(v: &HeaderValue) -> Result<&str, ProxyError> {
+    let s = v
+        .to_str()
+        .map_err(|_| ProxyError::InvalidRequest("the Authorization header is malformed"))?;
+    let (scheme, rest) = s.split_once(' ').unwrap_or((s, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ProxyError::InvalidRequest(
+            "only the Bearer authorization scheme is accepted",
+        ));
+    }
+    let token = rest.trim_matches(' ');
+    if token.is_empty() {
+        return Err(ProxyError::InvalidToken("the bearer token is empty"));
+    }
+    check_token_chars(token)
+}
+
+/// token68 characters only (RFC 9110 §11.2): anything else is not a token we issued.
+fn check_token_chars(t: &str) -> Result<&str, ProxyError> {
+    let body = t.trim_end_matches('=');
+    if !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+    {
+        Ok(t)
+    } else {
+        Err(ProxyError::InvalidToken("the access token is malformed"))
+    }
+}
+
+/// Values of cookie `name` across every Cookie header.
+pub fn cookie_values<'a>(h: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
+    query.split('&').filter_map(move |pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode_str(k).decode_utf8().ok()?;
+        (k == name).then(|| {
+            percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// The query string without parameter `name` (None when nothing is left).
+pub fn query_without(query: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let k = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair);
+            percent_decode_str(k)
+                .decode_utf8()
+                .map(|k| k != name)
+                .unwrap_or(true)
+        })
+        .collect();
+    let q = kept.join("&");
+    (!q.is_empty()).then_some(q)
+}
+
+fn protocol_token<'a>(h: &'a HeaderMap, prefix: &str) -> Option<&'a str> {
+    h.get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(prefix))
+}
+
+/// `Sec-WebSocket-Protocol` with the token-carrying entry removed.
+pub fn protocols_without_token(h: &HeaderMap, prefix: &str) -> Option<HeaderValue> {
+    let kept: Vec<&str> = h
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.starts_with(prefix))
+        .collect();
+    if kept.is_empty() {
+        None
+    } else {
+        HeaderValue::from_str(&kept.join(", ")).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_resolves_dots_and_merges_slashes() {
+        assert_eq!(canonical_path("/a/./b/../c").unwrap(), "/a/c");
+        assert_eq!(canonical_path("//a///b/").unwrap(), "/a/b/");
+        assert_eq!(canonical_path("/a/%2e%2e/b").unwrap(), "/b");
+        assert_eq!(canonical_path("/../../x").unwrap(), "/x");
+        assert_eq!(canonical_path("/").unwrap(), "/");
+        assert_eq!(canonical_path("/a/..").unwrap(), "/");
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        assert_eq!(canonical_path("/a%2fb"), Err(PathError::Ambiguous));
+        assert_eq!(canonical_path("/a%5Cb"), Err(PathError::Ambiguous));
+        assert_eq!(canonical_path("/a\\b"), Err(PathError::Ambiguous));
+        assert_eq!(canonical_path("/a%00b"), Err(PathError::Ambiguous));
+        assert_eq!(canonical_path("/%c0%ae%c0%ae/x"), Err(PathError::Malformed));
+    }
+
+    #[test]
+    fn double_encoding_decodes_once() {
+        let c = canonical_path("/a/%252e%252e/b").unwrap();
+        assert_eq!(c, "/a/%2e%2e/b");
+        assert_eq!(encode_path(&c), "/a/%252e%252e/b");
+    }
+
+    #[test]
+    fn routes_match_on_segment_boundaries_and_ignore_params() {
+        let r = |p: &str, mode| Route {
+            prefix: p.into(),
+            mode,
+            methods: vec![],
+            require_claims: vec![],
+        };
+        let routes = vec![
+            r("/public/x", RouteMode::Required),
+            r("/public", RouteMode::Public),
+        ];
+        assert_eq!(mode_of(route_for(&routes, "/public/a")), RouteMode::Public);
+        assert_eq!(
+            mode_of(route_for(&routes, "/publicity")),
+            RouteMode::Required
+        );
+        assert_eq!(
+            mode_of(route_for(&routes, "/public;a/x/y")),
+            RouteMode::Required
+        );
+        assert_eq!(mode_of(route_for(&routes, "/public")), RouteMode::Public);
+    }
+
+    #[test]
+    fn query_parameter_is_removed() {
+        assert_eq!(
+            query_without("a=1&access_token=x&b=2", "access_token").as_deref(),
+            Some("a=1&b=2")
+        );
+        assert_eq!(query_without("access_token=x", "access_token"), None);
+    }
+}

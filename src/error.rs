@@ -1,0 +1,132 @@
+//! Every per-request failure, and the one place that turns it into a response.
+//!
+//! Each variant says whose fault it is (client, token service, backend, us); that
+//! decides the status class. Messages never contain a token or a secret.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// The sidecar's own answer to a request it will not (or cannot) forward.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProxyError {
+    /// Client: no credentials on a route that requires them.
+    #[error("no access token")]
+    MissingToken,
+    /// Client: the token failed verification.
+    #[error("{0}")]
+    InvalidToken(&'static str),
+    /// Client: the token's signature is valid but it expired, and there is no way to renew it.
+    #[error("the access token has expired")]
+    TokenExpired,
+    /// Client: refresh and initiate both refused; the user must log in again.
+    #[error("{0}")]
+    RefreshRejected(&'static str),
+    /// Client: the request itself is malformed or ambiguous.
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+    /// Client: a valid token that lacks what the route needs.
+    #[error("{0}")]
+    InsufficientScope(&'static str),
+    /// Token service: unreachable, slow, 5xx, 429 or talking nonsense.
+    #[error("the token service is unavailable")]
+    TokenServiceUnavailable { retry_after: Duration },
+    /// Token service: answered, but with tokens we must not use (wrong user, bad signature).
+    #[error("{0}")]
+    TokenServiceBadResponse(&'static str),
+    /// Us: no key to check tokens with (an outage, not a bad token).
+    #[error("no verification keys are available")]
+    KeysUnavailable,
+    /// Backend: refused or failed the connection.
+    #[error("the backend is unavailable")]
+    BackendUnavailable,
+    /// Backend: no response headers within the timeout.
+    #[error("the backend did not answer in time")]
+    BackendTimeout,
+    /// Us: shutting down or at the connection limit.
+    #[error("the proxy is not accepting requests")]
+    Overloaded,
+}
+
+impl ProxyError {
+    /// Stable code for clients (`error` in the JSON body and `X-Auth-Error`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::MissingToken => "missing_token",
+            ProxyError::InvalidToken(_) => "invalid_token",
+            ProxyError::TokenExpired => "token_expired",
+            ProxyError::RefreshRejected(_) => "refresh_rejected",
+            ProxyError::InvalidRequest(_) => "invalid_request",
+            ProxyError::InsufficientScope(_) => "insufficient_scope",
+            ProxyError::TokenServiceUnavailable { .. } => "token_service_unavailable",
+            ProxyError::TokenServiceBadResponse(_) => "token_service_bad_response",
+            ProxyError::KeysUnavailable => "keys_unavailable",
+            ProxyError::BackendUnavailable => "backend_unavailable",
+            ProxyError::BackendTimeout => "backend_timeout",
+            ProxyError::Overloaded => "unavailable",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingToken
+            | ProxyError::InvalidToken(_)
+            | ProxyError::TokenExpired
+            | ProxyError::RefreshRejected(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            ProxyError::TokenServiceUnavailable { .. }
+            | ProxyError::KeysUnavailable
+            | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TokenServiceBadResponse(_) | ProxyError::BackendUnavailable => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The response the client gets: JSON body, `X-Auth-Error`, and the RFC 6750
+    /// challenge on 401/403.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let code = self.code();
+        let message = self.to_string();
+        let body = serde_json::json!({ "error": code, "message": message }).to_string();
+        let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(crate::inject::X_AUTH_ERROR, HeaderValue::from_static(code));
+        let challenge = match &self {
+            ProxyError::MissingToken => Some("Bearer".to_string()),
+            ProxyError::InvalidToken(_)
+            | ProxyError::TokenExpired
+            | ProxyError::RefreshRejected(_) => Some(format!(
+                "Bearer error=\"invalid_token\", error_description=\"{message}\""
+            )),
+            ProxyError::InsufficientScope(_) => Some(format!(
+                "Bearer error=\"insufficient_scope\", error_description=\"{message}\""
+            )),
+            _ => None,
+        };
+        if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            h.insert(header::WWW_AUTHENTICATE, v);
+        }
+        if let ProxyError::TokenServiceUnavailable { retry_after } = &self {
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+        }
+        if matches!(self, ProxyError::KeysUnavailable | ProxyError::Overloaded) {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}

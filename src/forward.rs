@@ -1,0 +1,280 @@
+//! Forwarding to the backend: one pooled keep-alive client, hop-by-hop headers removed
+//! (RFC 9110 §7.6.1), `X-Forwarded-*` set, bodies streamed both ways, WebSocket
+//! upgrades tunnelled only when the backend agrees with a 101.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::uri::{PathAndQuery, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::body::ProxyBody;
+use crate::config::Backend;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the non-standard ones still seen about.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+static OPEN_TUNNELS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Upgraded connections currently open (shutdown waits for them within the grace).
+pub fn open_tunnels() -> usize {
+    OPEN_TUNNELS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+struct TunnelCount;
+
+impl TunnelCount {
+    fn new() -> Self {
+        OPEN_TUNNELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TunnelCount
+    }
+}
+
+impl Drop for TunnelCount {
+    fn drop(&mut self) {
+        OPEN_TUNNELS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The pooled backend client.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    host: HeaderValue,
+    base_path: String,
+    version: Version,
+    response_timeout: Duration,
+}
+
+/// Per-request facts the forwarder needs beyond the request itself.
+pub struct Hop<'a> {
+    pub client_addr: SocketAddr,
+    pub tls: bool,
+    /// The canonical path, encoded, as decided on.
+    pub path: &'a str,
+    /// The query to forward (already without any token parameter).
+    pub query: Option<&'a str>,
+    pub upgrade: bool,
+    /// When an upgraded connection must be closed (token expiry plus grace).
+    pub tunnel_deadline: Option<std::time::SystemTime>,
+}
+
+impl Forwarder {
+    pub fn new(cfg: &Backend, tls: rustls::ClientConfig) -> Forwarder {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let connector = if cfg.http2 {
+            builder.enable_http2().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(cfg.http2)
+            .build(connector);
+        Forwarder {
+            client,
+            host: HeaderValue::from_str(cfg.authority.as_str())
+                .unwrap_or(HeaderValue::from_static("localhost")),
+            scheme: cfg.scheme.clone(),
+            authority: cfg.authority.clone(),
+            base_path: cfg.base_path.clone(),
+            version: if cfg.http2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            },
+            response_timeout: cfg.response_timeout,
+        }
+    }
+
+    /// Sends the request to the backend and returns its response, streaming.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        hop: Hop<'_>,
+        metrics: &Metrics,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let client_upgrade = hop.upgrade.then(|| hyper::upgrade::on(&mut req));
+        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        {
+            let h = req.headers_mut();
+            remove_hop_by_hop(h);
+            if hop.upgrade {
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
+            h.insert(header::HOST, self.host.clone());
+            if let Some(orig) = original_host {
+                h.insert(X_FORWARDED_HOST, orig);
+            }
+            append_forwarded_for(h, hop.client_addr);
+            h.insert(
+                X_FORWARDED_PROTO,
+                HeaderValue::from_static(if hop.tls { "https" } else { "http" }),
+            );
+        }
+        *req.uri_mut() = self.uri(hop.path, hop.query)?;
+        *req.version_mut() = if hop.upgrade {
+            Version::HTTP_11
+        } else {
+            self.version
+        };
+
+        let started = std::time::Instant::now();
+        let sent = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
+        metrics.backend_latency(started.elapsed());
+        let mut resp = match sent {
+            Err(_) => return Err(ProxyError::BackendTimeout),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, connect = e.is_connect(), "backend request failed");
+                return Err(ProxyError::BackendUnavailable);
+            }
+            Ok(Ok(r)) => r,
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_side) = client_upgrade else {
+                tracing::warn!("backend switched protocols without being asked");
+                return Err(ProxyError::BackendUnavailable);
+            };
+            let backend_side = hyper::upgrade::on(&mut resp);
+            spawn_tunnel(
+                client_side,
+                backend_side,
+                hop.tunnel_deadline,
+                metrics.clone(),
+            );
+            let (parts, _) = resp.into_parts();
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
+        let (mut parts, body) = resp.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, ProxyBody::stream(body)))
+    }
+
+    /// The backend URI: always the configured scheme and authority, never the request's.
+    fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+        let pq = match query {
+            Some(q) => format!("{}{}?{}", self.base_path, path, q),
+            None if self.base_path.is_empty() => path.to_string(),
+            None => format!("{}{}", self.base_path, path),
+        };
+        let pq = PathAndQuery::try_from(pq)
+            .map_err(|_| ProxyError::InvalidRequest("the request target is malformed"))?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| ProxyError::InvalidRequest("the request target is malformed"))
+    }
+
+    /// A cheap reachability probe for readiness: can we open a connection?
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+}
+
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+pub fn remove_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP.iter() {
+        h.remove(n);
+    }
+}
+
+fn append_forwarded_for(h: &mut HeaderMap, addr: SocketAddr) {
+    let ip = addr.ip().to_string();
+    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    // Several XFF headers are folded into one so the backend reads a single list.
+    h.remove(&X_FORWARDED_FOR);
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Copies bytes both ways once both sides have switched protocols; closes at the
+/// deadline (the opening token's expiry plus grace) when there is one.
+fn spawn_tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    deadline: Option<std::time::SystemTime>,
+    metrics: Metrics,
+) {
+    tokio::spawn(async move {
+        let (c, b) = match tokio::try_join!(client, backend) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let _open = metrics.upgraded_guard();
+        let _count = TunnelCount::new();
+        let mut c = TokioIo::new(c);
+        let mut b = TokioIo::new(b);
+        let copy = tokio::io::copy_bidirectional(&mut c, &mut b);
+        match deadline {
+            Some(at) => {
+                let left = at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                if tokio::time::timeout(left, copy).await.is_err() {
+                    tracing::info!("closing upgraded connection: its token has expired");
+                }
+            }
+            None => {
+                let _ = copy.await;
+            }
+        }
+    });
+}

@@ -1,0 +1,236 @@
+//! The listener: accepts connections (cleartext or TLS), serves HTTP/1.1 and HTTP/2 on
+//! one port with upgrades, enforces connection limits and header timeouts, and drains
+//! gracefully on shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::{Server, TlsRaw};
+use crate::proxy::{self, ConnInfo, State};
+
+/// The server TLS acceptor, rebuilt when the certificate files change.
+pub struct TlsReloader {
+    files: TlsRaw,
+    stamp: std::sync::Mutex<Option<(SystemTime, SystemTime)>>,
+    acceptor: ArcSwap<tokio_rustls::TlsAcceptor>,
+}
+
+impl TlsReloader {
+    pub fn new(files: &TlsRaw) -> Result<Arc<TlsReloader>, String> {
+        let acceptor = build_acceptor(files)?;
+        Ok(Arc::new(TlsReloader {
+            stamp: std::sync::Mutex::new(stamps(files)),
+            files: files.clone(),
+            acceptor: ArcSwap::from_pointee(acceptor),
+        }))
+    }
+
+    /// Reloads when either file's mtime changed; a bad new pair keeps the old one.
+    pub fn check(&self) {
+        let now = stamps(&self.files);
+        let Ok(mut last) = self.stamp.lock() else {
+            return;
+        };
+        if now == *last {
+            return;
+        }
+        match build_acceptor(&self.files) {
+            Ok(a) => {
+                self.acceptor.store(Arc::new(a));
+                *last = now;
+                tracing::info!(cert = %self.files.cert_file.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate changed but does not load; keeping the old one")
+            }
+        }
+    }
+
+    fn current(&self) -> Arc<tokio_rustls::TlsAcceptor> {
+        self.acceptor.load_full()
+    }
+}
+
+fn stamps(f: &TlsRaw) -> Option<(SystemTime, SystemTime)> {
+    let m = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((m(&f.cert_file)?, m(&f.key_file)?))
+}
+
+/// rustls server config: TLS 1.2 and 1.3 only, ALPN h2 and http/1.1.
+pub fn build_acceptor(files: &TlsRaw) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let cert_pem = std::fs::read(&files.cert_file)
+        .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
+    let key_pem =
+        std::fs::read(&files.key_file).map_err(|e| format!("{}: {e}", files.key_file.display()))?;
+    let chain = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{}: no certificate found",
+            files.cert_file.display()
+        ));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|_| format!("{}: not a PEM private key", files.key_file.display()))?
+        .ok_or_else(|| format!("{}: no private key found", files.key_file.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(crate::outbound::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("certificate and key do not fit: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Builds the per-connection protocol settings from config.
+fn builder(s: &Server) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    {
+        let mut h1 = b.http1();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(s.header_read_timeout)
+            .max_buf_size(s.max_header_bytes.max(8192))
+            .keep_alive(true);
+        if s.max_headers != 100 {
+            // Non-default counts move header parsing to the heap; only pay when asked.
+            h1.max_headers(s.max_headers);
+        }
+    }
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(s.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(Some(64))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Accepts until `shutdown` turns true, then drains in-flight requests for up to the
+/// grace period.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ArcSwap<State>>,
+    tls: Option<Arc<TlsReloader>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let server_cfg = state.load().cfg.server.clone();
+    let builder = Arc::new(builder(&server_cfg));
+    let limit = Arc::new(Semaphore::new(server_cfg.max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, remote) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _open = state.load().metrics.connection_guard();
+            match tls {
+                None => serve_conn(stream, remote, false, state, &builder, watcher).await,
+                Some(t) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), t.current().accept(stream));
+                    match handshake.await {
+                        Ok(Ok(s)) => serve_conn(s, remote, true, state, &builder, watcher).await,
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("listener closed; draining in-flight requests");
+    if tokio::time::timeout(server_cfg.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+async fn serve_conn<S>(
+    io: S,
+    remote: SocketAddr,
+    tls: bool,
+    state: Arc<ArcSwap<State>>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let info = ConnInfo { remote, tls };
+    let svc = service_fn(move |req| {
+        // Each request sees the config in force when it arrived (reload swaps it whole).
+        let st = state.load_full();
+        async move { Ok::<_, Infallible>(proxy::handle(st, req, info).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(%remote, error = %e, "connection ended with an error");
+    }
+}
+
+/// Binds a listener (used before anything else starts, so a bad address fails early).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Whether a TCP connection to `authority` opens within a second (readiness).
+pub async fn reachable(authority: &http::uri::Authority, default_port: u16) -> bool {
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = authority.port_u16().unwrap_or(default_port);
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            TcpStream::connect((host.as_str(), port))
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}

@@ -1,0 +1,105 @@
+//! The binary: parse the CLI, load and validate the config before binding anything,
+//! then run. Exit 64 (EX_USAGE) on a bad config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use auth_sidecar::config::{Config, ProcessEnv};
+
+#[derive(Parser)]
+#[command(
+    name = "auth-sidecar",
+    version,
+    about = "Token-lifecycle reverse proxy for chat backends"
+)]
+struct Cli {
+    /// Config file (TOML). Keys can be overridden with AUTH_SIDECAR__<SECTION>__<KEY>.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "config.toml",
+        env = "AUTH_SIDECAR_CONFIG"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config, print it with secrets redacted, exit non-zero on problems.
+    CheckConfig,
+}
+
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => check_config(&cli.config),
+        Command::Run => run(cli.config),
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match auth_sidecar::load_checked(path) {
+        Ok((cfg, _)) => {
+            println!("# effective configuration (secrets are shown as references only)");
+            print!("{}", cfg.redacted_toml());
+            eprintln!("config ok: {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprintln!(
+                "invalid configuration {} ({} problem(s)):",
+                path.display(),
+                problems.len()
+            );
+            for p in problems {
+                eprintln!("  - {p}");
+            }
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let cfg = match Config::load(&path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    auth_sidecar::telemetry::init(&cfg.log);
+    let rt = if cfg.server.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.server.worker_threads)
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(auth_sidecar::run(cfg, Some(path))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "fatal");
+            eprintln!("auth-sidecar: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}

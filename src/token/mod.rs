@@ -1,0 +1,41 @@
+//! Everything about tokens, and nothing about HTTP servers: keys, verification with its
+//! cache, and the refresh/initiate lifecycle.
+
+pub mod keys;
+pub mod lifecycle;
+pub mod verify;
+
+pub use keys::KeySet;
+pub use lifecycle::{Lifecycle, LifecycleError, Session};
+pub use verify::{Verdict, Verified, Verifier, VerifyError};
+
+use crate::config::Config;
+
+/// Builds the key set a config describes. Errors name the file and the reason.
+pub fn load_keys(cfg: &Config) -> Result<KeySet, Vec<String>> {
+    let mut set = KeySet::default();
+    let mut problems = Vec::new();
+    if let Some(secret) = &cfg.auth.hmac_secret {
+        set.add_hmac(&secret.0);
+    }
+    for (pem, kid, path) in &cfg.auth.public_keys {
+        if let Err(e) = set.add_pem(pem, kid.clone()) {
+            problems.push(format!("auth.public_keys: {}: {e}", path.display()));
+        }
+    }
+    if let Some((text, path)) = &cfg.auth.jwks {
+        match set.add_jwks(text, &cfg.auth.algorithms) {
+            Ok(skipped) => {
+                for s in skipped {
+                    tracing::warn!(file = %path.display(), "jwks: skipped {s}");
+                }
+            }
+            Err(e) => problems.push(format!("auth.jwks_file: {}: {e}", path.display())),
+        }
+    }
+    if problems.is_empty() {
+        Ok(set)
+    } else {
+        Err(problems)
+    }
+}
