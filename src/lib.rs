@@ -13,6 +13,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod decide;
+pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod inject;
@@ -97,27 +98,45 @@ pub fn load_checked(path: &Path) -> Result<(Config, State), Vec<String>> {
     Ok((cfg, state))
 }
 
+/// Listening sockets, bound before anything is served (so their addresses are known).
+pub struct Bound {
+    pub proxy: tokio::net::TcpListener,
+    pub admin: Option<tokio::net::TcpListener>,
+}
+
+impl Bound {
+    pub async fn bind(cfg: &Config) -> std::io::Result<Bound> {
+        let proxy = listen::bind(cfg.server.listen).await?;
+        let admin = match cfg.admin_listen {
+            Some(a) => Some(listen::bind(a).await?),
+            None => None,
+        };
+        Ok(Bound { proxy, admin })
+    }
+}
+
 /// Runs the proxy until SIGTERM/SIGINT: binds, serves, reloads on SIGHUP or a changed
 /// config file, drains on shutdown.
 pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let bound = Bound::bind(&cfg).await?;
+    serve(cfg, config_path, bound).await
+}
+
+/// Serves on already-bound sockets until a stop signal.
+pub async fn serve(cfg: Config, config_path: Option<PathBuf>, bound: Bound) -> anyhow::Result<()> {
     let prom = metrics::install();
     let m = metrics::Metrics::new();
     let state = build_state(cfg.clone(), m.clone()).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
     let state = Arc::new(ArcSwap::from_pointee(state));
-
-    let listener = listen::bind(cfg.server.listen).await?;
+    let listener = bound.proxy;
     let addr = listener.local_addr()?;
     let tls = match &cfg.server.tls {
         Some(t) => Some(listen::TlsReloader::new(t).map_err(|e| anyhow::anyhow!(e))?),
         None => None,
     };
-    let admin = match cfg.admin_listen {
-        Some(a) => Some(listen::bind(a).await?),
-        None => None,
-    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let health = Arc::new(admin::Health::default());
-    if let Some(l) = admin {
+    if let Some(l) = bound.admin {
         tracing::info!(addr = %l.local_addr()?, "admin listening");
         tokio::spawn(admin::serve(
             l,
@@ -135,8 +154,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()
         stop_rx.clone(),
     ));
 
-    let signals = signal_loop(config_path, state, tls, m);
-    signals.await;
+    signal_loop(config_path, state, tls, m).await;
     health.draining.store(true, Ordering::Relaxed);
     tracing::info!("shutting down: no new connections; finishing in-flight requests");
     let _ = stop_tx.send(true);

@@ -34,6 +34,22 @@ enum Command {
     Run,
     /// Validate the config, print it with secrets redacted, exit non-zero on problems.
     CheckConfig,
+    /// DEV ONLY: run the proxy with a built-in echo backend and dev token service, and
+    /// print curl commands that walk through the whole token lifecycle.
+    Demo,
+    /// DEV ONLY: mint an HS256 access token with the config's HMAC secret.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. 60s, 15m, 1h.
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+    },
 }
 
 const EX_USAGE: u8 = 64;
@@ -43,6 +59,37 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(&cli.config),
         Command::Run => run(cli.config),
+        Command::Demo => demo(&cli.config),
+        Command::Token {
+            sub,
+            email,
+            name,
+            ttl,
+        } => {
+            let ttl = match auth_sidecar::config::parse_duration(&ttl) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("--ttl: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            match auth_sidecar::demo::token_command(
+                &cli.config,
+                &sub,
+                email.as_deref(),
+                name.as_deref(),
+                ttl,
+            ) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(EX_USAGE)
+                }
+            }
+        }
     }
 }
 
@@ -64,6 +111,27 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 eprintln!("  - {p}");
             }
             ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+fn demo(path: &std::path::Path) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(auth_sidecar::demo::run_demo(path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("auth-sidecar demo: {e}");
+            ExitCode::FAILURE
         }
     }
 }
