@@ -46,8 +46,36 @@ pub struct RawConfig {
     pub refresh: Option<RefreshRaw>,
     pub initiate: Option<InitiateRaw>,
     pub app_identity: Option<AppIdentityRaw>,
+    pub introspection: Option<IntrospectionRaw>,
     pub response_tokens: ResponseTokensRaw,
     pub log: LogRaw,
+}
+
+/// RFC 7662 introspection for opaque (non-JWT) access tokens.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct IntrospectionRaw {
+    pub url: String,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub timeout: String,
+    pub cache_ttl: String,
+    pub negative_ttl: String,
+    pub cache_capacity: u64,
+}
+
+impl Default for IntrospectionRaw {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            client_id: None,
+            client_secret: None,
+            timeout: "3s".into(),
+            cache_ttl: "5m".into(),
+            negative_ttl: "10s".into(),
+            cache_capacity: 100_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -91,11 +119,22 @@ pub struct TlsRaw {
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AdminRaw {
     /// Admin listener (`/healthz`, `/readyz`, `/metrics`); unset = no admin port.
     pub listen: Option<String>,
+    /// Whether `/readyz` also requires the backend to accept a TCP connection.
+    pub ready_requires_backend: bool,
+}
+
+impl Default for AdminRaw {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            ready_requires_backend: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -168,6 +207,11 @@ pub struct AuthRaw {
     pub hmac_secret: Option<Secret>,
     pub public_keys: Vec<PublicKeyRaw>,
     pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    pub jwks_min_refresh: String,
+    pub jwks_max_refresh: String,
+    pub jwks_unknown_kid_interval: String,
+    pub jwks_timeout: String,
     pub issuer: Option<String>,
     pub audience: Vec<String>,
     pub leeway: String,
@@ -187,6 +231,11 @@ impl Default for AuthRaw {
             hmac_secret: None,
             public_keys: Vec::new(),
             jwks_file: None,
+            jwks_url: None,
+            jwks_min_refresh: "1m".into(),
+            jwks_max_refresh: "1h".into(),
+            jwks_unknown_kid_interval: "30s".into(),
+            jwks_timeout: "5s".into(),
             issuer: None,
             audience: Vec::new(),
             leeway: "30s".into(),
@@ -418,8 +467,28 @@ pub struct Config {
     pub refresh: Option<Refresh>,
     pub initiate: Option<Initiate>,
     pub app_identity: Option<AppIdentity>,
+    pub introspection: Option<Introspection>,
     pub response_tokens: ResponseTokens,
     pub log: LogRaw,
+}
+
+#[derive(Clone, Debug)]
+pub struct Jwks {
+    pub url: Uri,
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    pub unknown_kid_interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Introspection {
+    pub url: Uri,
+    pub client: Option<(String, SecretBytes)>,
+    pub timeout: Duration,
+    pub cache_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub cache_capacity: u64,
 }
 
 impl fmt::Debug for Config {
@@ -484,6 +553,7 @@ pub struct Auth {
     pub hmac_secret: Option<SecretBytes>,
     pub public_keys: Vec<(Vec<u8>, Option<String>, PathBuf)>,
     pub jwks: Option<(String, PathBuf)>,
+    pub jwks_url: Option<Jwks>,
     pub issuer: Option<String>,
     pub audience: Vec<String>,
     pub leeway: Duration,
@@ -897,6 +967,28 @@ fn validate(raw: &RawConfig, env: &dyn EnvSource, problems: &mut Vec<String>) ->
             max_age: c.duration("app_identity.max_age", &a.max_age),
         })
     });
+    let introspection = raw.introspection.as_ref().map(|i| {
+        let client = match (&i.client_id, &i.client_secret) {
+            (Some(id), Some(s)) => c
+                .secret("introspection.client_secret", s)
+                .map(|s| (id.clone(), s)),
+            (None, None) => None,
+            _ => {
+                c.fail(
+                    "introspection.client_id and introspection.client_secret go together".into(),
+                );
+                None
+            }
+        };
+        Introspection {
+            url: c.uri("introspection.url", &i.url),
+            client,
+            timeout: c.duration("introspection.timeout", &i.timeout),
+            cache_ttl: c.duration("introspection.cache_ttl", &i.cache_ttl),
+            negative_ttl: c.duration("introspection.negative_ttl", &i.negative_ttl),
+            cache_capacity: i.cache_capacity.max(1),
+        }
+    });
     if app_identity.is_some() && initiate.is_none() {
         c.fail("app_identity: needs an [initiate] section to start sessions with".into());
     }
@@ -934,6 +1026,7 @@ fn validate(raw: &RawConfig, env: &dyn EnvSource, problems: &mut Vec<String>) ->
         refresh,
         initiate,
         app_identity,
+        introspection,
         response_tokens,
         log: raw.log.clone(),
     })
@@ -1035,9 +1128,27 @@ fn validate_auth(c: &mut Checker<'_>, a: &AuthRaw) -> Option<Auth> {
                 None
             }
         });
-    if wants_public && a.public_keys.is_empty() && a.jwks_file.is_none() {
-        c.fail("auth: an asymmetric algorithm is allowed but no public_keys or jwks_file is configured".into());
+    if wants_public && a.public_keys.is_empty() && a.jwks_file.is_none() && a.jwks_url.is_none() {
+        c.fail("auth: an asymmetric algorithm is allowed but no public_keys, jwks_file or jwks_url is configured".into());
     }
+    let jwks_url = a.jwks_url.as_ref().map(|u| {
+        let j = Jwks {
+            url: c.uri("auth.jwks_url", u),
+            min_refresh: c.duration("auth.jwks_min_refresh", &a.jwks_min_refresh),
+            max_refresh: c.duration("auth.jwks_max_refresh", &a.jwks_max_refresh),
+            unknown_kid_interval: c.duration(
+                "auth.jwks_unknown_kid_interval",
+                &a.jwks_unknown_kid_interval,
+            ),
+            timeout: c.duration("auth.jwks_timeout", &a.jwks_timeout),
+        };
+        if j.min_refresh > j.max_refresh || j.min_refresh.is_zero() {
+            c.fail(
+                "auth.jwks_min_refresh: must be above zero and not above jwks_max_refresh".into(),
+            );
+        }
+        j
+    });
     if a.max_token_bytes < 64 || a.max_token_bytes > 64 * 1024 {
         c.fail("auth.max_token_bytes: must be between 64 and 65536".into());
     }
@@ -1061,6 +1172,7 @@ fn validate_auth(c: &mut Checker<'_>, a: &AuthRaw) -> Option<Auth> {
         hmac_secret,
         public_keys,
         jwks,
+        jwks_url,
         issuer: a.issuer.clone(),
         audience: a.audience.clone(),
         leeway: c.duration("auth.leeway", &a.leeway),
@@ -1165,7 +1277,7 @@ fn validate_routes(c: &mut Checker<'_>, routes: &[RouteRaw]) -> Vec<Route> {
         });
     }
     // Longest prefix first, so the first match is the most specific.
-    out.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+    out.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     out
 }
 

@@ -57,19 +57,27 @@ pub fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<
     let (Some(keys), Some(tls)) = (keys, tls) else {
         return Err(problems);
     };
-    if keys.is_empty() {
+    if keys.is_empty() && cfg.auth.jwks_url.is_none() {
         return Err(vec!["auth: no usable verification key was loaded".into()]);
     }
     if !problems.is_empty() {
         return Err(problems);
     }
+    let http: Arc<dyn token::lifecycle::TokenHttp> =
+        Arc::new(outbound::HyperTokenHttp::new(tls.clone()));
+    let jwks = cfg.auth.jwks_url.clone().map(|j| {
+        token::JwksRemote::new(j, http.clone(), cfg.auth.algorithms.clone(), keys.clone())
+    });
+    let introspector = cfg
+        .introspection
+        .clone()
+        .map(|i| token::Introspector::new(i, http.clone(), cfg.identity.clone()));
     let verifier = Arc::new(token::Verifier::new(&cfg.auth, &cfg.identity, keys));
-    let http = Arc::new(outbound::HyperTokenHttp::new(tls.clone()));
     let lifecycle = token::Lifecycle::new(
         cfg.refresh.clone(),
         cfg.initiate.clone(),
         cfg.app_identity.clone(),
-        http,
+        http.clone(),
         verifier.clone(),
     );
     let mut extra = Vec::new();
@@ -88,7 +96,16 @@ pub fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<
         forwarder,
         stripper,
         metrics,
+        jwks,
+        introspector,
     })
+}
+
+/// Starts a state's background work (JWKS refresh); it stops when the state is dropped.
+fn start_background(state: &State) {
+    if let Some(j) = &state.jwks {
+        j.spawn(Arc::downgrade(&state.verifier));
+    }
 }
 
 /// Loads and fully checks a config file, as `check-config` and reload do.
@@ -127,6 +144,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>, bound: Bound) -> a
     let prom = metrics::install();
     let m = metrics::Metrics::new();
     let state = build_state(cfg.clone(), m.clone()).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    start_background(&state);
     let state = Arc::new(ArcSwap::from_pointee(state));
     let listener = bound.proxy;
     let addr = listener.local_addr()?;
@@ -228,6 +246,7 @@ fn reload_config(path: &Path, state: &ArcSwap<State>, m: &metrics::Metrics) {
     }
     match build_state(cfg, m.clone()) {
         Ok(s) => {
+            start_background(&s);
             state.store(Arc::new(s));
             tracing::info!("config reloaded");
         }

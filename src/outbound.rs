@@ -106,6 +106,14 @@ impl TokenHttp for HyperTokenHttp {
                     }
                 })?;
                 let status = resp.status().as_u16();
+                let max_age = resp
+                    .headers()
+                    .get_all(http::header::CACHE_CONTROL)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())
+                    .map(std::time::Duration::from_secs);
                 let body = Limited::new(resp.into_body(), max)
                     .collect()
                     .await
@@ -119,6 +127,7 @@ impl TokenHttp for HyperTokenHttp {
                 Ok(Answer {
                     status,
                     body: body.to_bytes(),
+                    max_age,
                 })
             };
             tokio::time::timeout(call.timeout, work)

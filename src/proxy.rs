@@ -17,7 +17,10 @@ use crate::error::ProxyError;
 use crate::forward::{Forwarder, Hop};
 use crate::inject::{self, Stripper};
 use crate::metrics::{Decision, Metrics};
-use crate::token::{Lifecycle, LifecycleError, Session, Verdict, Verified, Verifier, VerifyError};
+use crate::token::{
+    Introspector, JwksRemote, Lifecycle, LifecycleError, Session, Verdict, Verified, Verifier,
+    VerifyError,
+};
 
 /// Everything a request needs, built once per config (and swapped whole on reload).
 pub struct State {
@@ -27,6 +30,8 @@ pub struct State {
     pub forwarder: Forwarder,
     pub stripper: Stripper,
     pub metrics: Metrics,
+    pub jwks: Option<Arc<JwksRemote>>,
+    pub introspector: Option<Arc<Introspector>>,
 }
 
 /// Facts about the connection a request came in on.
@@ -250,7 +255,35 @@ async fn authorize(
         }
         return Err(ProxyError::MissingToken);
     };
-    match state.verifier.verify(&cred.token) {
+    if let Some(intro) = &state.introspector {
+        // Opaque (non-JWT) tokens are checked with the token service.
+        if cred.token.bytes().filter(|b| *b == b'.').count() != 2 {
+            return match intro.check(&cred.token).await {
+                Ok(Some(v)) => Ok(Authorized {
+                    who: Some(v),
+                    renewed: None,
+                    decision: Decision::Allowed,
+                    source: Some(cred.source),
+                }),
+                Ok(None) => Err(ProxyError::InvalidToken("the access token is not active")),
+                Err(_) => Err(ProxyError::TokenServiceUnavailable {
+                    retry_after: state.lifecycle.retry_after(),
+                }),
+            };
+        }
+    }
+    let mut verdict = state.verifier.verify(&cred.token);
+    if verdict == Err(VerifyError::UnknownKid) {
+        if let Some(jwks) = &state.jwks {
+            if jwks.on_unknown_kid(&state.verifier).await {
+                verdict = state.verifier.verify(&cred.token);
+            }
+            if !jwks.loaded() {
+                return Err(ProxyError::KeysUnavailable);
+            }
+        }
+    }
+    match verdict {
         Ok(Verdict::Valid(v)) => Ok(Authorized {
             who: Some(v),
             renewed: None,

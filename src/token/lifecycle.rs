@@ -38,6 +38,8 @@ pub struct Call {
 pub struct Answer {
     pub status: u16,
     pub body: Bytes,
+    /// `Cache-Control: max-age`, when the answer had one (JWKS refresh timing).
+    pub max_age: Option<Duration>,
 }
 
 /// A call that produced no usable answer.

@@ -3,10 +3,12 @@
 
 pub mod keys;
 pub mod lifecycle;
+pub mod remote;
 pub mod verify;
 
 pub use keys::KeySet;
 pub use lifecycle::{Lifecycle, LifecycleError, Session};
+pub use remote::{Introspector, JwksRemote};
 pub use verify::{Verdict, Verified, Verifier, VerifyError};
 
 use crate::config::Config;

@@ -16,7 +16,7 @@ use super::keys::KeySet;
 use crate::config::{Auth, Identity as IdentityCfg};
 
 /// A token whose signature and claims were checked.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Verified {
     pub sub: String,
     pub exp: u64,
@@ -32,7 +32,7 @@ impl Verified {
 }
 
 /// What verification concluded about a well-signed token.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Valid(Arc<Verified>),
     /// Signature, issuer and audience verified, but `exp` has passed.
@@ -289,7 +289,7 @@ fn classify(e: &jsonwebtoken::errors::Error) -> VerifyError {
 
 /// Header values from claims. A value that is not a valid header value (CR, LF, NUL,
 /// non-visible bytes) fails the token rather than being split or mangled.
-fn identity_headers(
+pub(crate) fn identity_headers(
     cfg: &IdentityCfg,
     sub: &str,
     claims: &Map<String, Value>,
