@@ -193,10 +193,14 @@ pub fn extract(
                 "more than one Authorization header",
             ));
         }
-        put(Credential {
-            token: bearer(v)?.to_string(),
-            source: Source::Authorization,
-        })?;
+        // Another scheme (Basic, Digest) is not a credential of ours: RFC 6750 §3.1
+        // answers it like a request without a token.
+        if let Some(t) = bearer(v)? {
+            put(Credential {
+                token: t.to_string(),
+                source: Source::Authorization,
+            })?;
+        }
     }
     if let Some(name) = &auth.cookie {
         let mut hits = cookie_values(&parts.headers, name);
@@ -244,22 +248,21 @@ pub fn extract(
     Ok(found)
 }
 
-/// `Bearer <token68>`, scheme case-insensitive (RFC 6750 §2.1, RFC 9110 §11.1).
-fn bearer(v: &HeaderValue) -> Result<&str, ProxyError> {
+/// `Bearer <token68>`, scheme case-insensitive (RFC 6750 §2.1, RFC 9110 §11.1);
+/// `None` for another scheme.
+fn bearer(v: &HeaderValue) -> Result<Option<&str>, ProxyError> {
     let s = v
         .to_str()
         .map_err(|_| ProxyError::InvalidRequest("the Authorization header is malformed"))?;
     let (scheme, rest) = s.split_once(' ').unwrap_or((s, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(ProxyError::InvalidRequest(
-            "only the Bearer authorization scheme is accepted",
-        ));
+        return Ok(None);
     }
     let token = rest.trim_matches(' ');
     if token.is_empty() {
         return Err(ProxyError::InvalidToken("the bearer token is empty"));
     }
-    check_token_chars(token)
+    check_token_chars(token).map(Some)
 }
 
 /// token68 characters only (RFC 9110 §11.2): anything else is not a token we issued.

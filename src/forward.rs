@@ -135,8 +135,8 @@ impl Forwarder {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         {
+            // Hop-by-hop headers were removed by the proxy before identity was set.
             let h = req.headers_mut();
-            remove_hop_by_hop(h);
             if hop.upgrade {
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -140,6 +140,9 @@ async fn run(
     let route = decide::route_for(&cfg.routes, &canonical);
     let mode = decide::mode_of(route);
     let upgrade = decide::is_websocket_upgrade(parts);
+    // Hop-by-hop headers (and whatever `Connection` names) go before identity is set,
+    // so a client's `Connection: x-auth-user-id` cannot remove what the sidecar adds.
+    crate::forward::remove_hop_by_hop(&mut parts.headers);
 
     let auth = if mode == RouteMode::Public {
         Authorized {

@@ -69,7 +69,9 @@ pub fn now_secs() -> u64 {
 /// Verifies access tokens against the current key set and remembers verified ones.
 pub struct Verifier {
     keys: RwLock<Arc<KeySet>>,
-    validation: Validation,
+    /// One Validation per allowed algorithm: jsonwebtoken insists that every algorithm
+    /// in a Validation fits the key, so a mixed allow-list cannot share one.
+    validations: Vec<(Algorithm, Validation)>,
     leeway: u64,
     max_token_bytes: usize,
     required_claims: Vec<String>,
@@ -100,7 +102,6 @@ impl moka::Expiry<TokenHash, Arc<Verified>> for ExpireAtExp {
 impl Verifier {
     pub fn new(auth: &Auth, identity: &IdentityCfg, keys: KeySet) -> Verifier {
         let mut v = Validation::new(Algorithm::HS256);
-        v.algorithms = auth.algorithms.clone();
         // Time claims are checked by us, so that an expired token stays distinguishable.
         v.validate_exp = false;
         v.validate_nbf = false;
@@ -117,6 +118,15 @@ impl Verifier {
             required.insert("aud".into());
         }
         v.required_spec_claims = required;
+        let validations = auth
+            .algorithms
+            .iter()
+            .map(|alg| {
+                let mut one = v.clone();
+                one.algorithms = vec![*alg];
+                (*alg, one)
+            })
+            .collect();
         let leeway = auth.leeway.as_secs();
         let cache = Cache::builder()
             .max_capacity(auth.cache_capacity)
@@ -124,7 +134,7 @@ impl Verifier {
             .build();
         Verifier {
             keys: RwLock::new(Arc::new(keys)),
-            validation: v,
+            validations,
             leeway,
             max_token_bytes: auth.max_token_bytes,
             required_claims: auth.required_claims.clone(),
@@ -191,9 +201,9 @@ impl Verifier {
                 "the token has critical header extensions",
             ));
         }
-        if !self.validation.algorithms.contains(&header.alg) {
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
             return Err(VerifyError::Invalid("the token's algorithm is not allowed"));
-        }
+        };
         let keys = self.keys();
         if keys.is_empty() {
             return Err(VerifyError::NoKeys);
@@ -201,7 +211,7 @@ impl Verifier {
         let kid = header.kid.as_deref();
         let mut last = VerifyError::UnknownKid;
         for k in keys.candidates(header.alg, kid) {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &self.validation) {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, validation) {
                 Ok(data) => return self.check_claims(data.claims, now),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
