@@ -360,6 +360,7 @@ pub struct InitiateRaw {
     pub timeout: String,
     pub max_staleness: String,
     pub when_refresh_token_missing: bool,
+    pub require_same_subject: bool,
 }
 
 impl Default for InitiateRaw {
@@ -374,6 +375,7 @@ impl Default for InitiateRaw {
             timeout: "5s".into(),
             max_staleness: "7d".into(),
             when_refresh_token_missing: false,
+            require_same_subject: true,
         }
     }
 }
@@ -614,6 +616,8 @@ pub struct Initiate {
     pub timeout: Duration,
     pub max_staleness: Duration,
     pub when_refresh_token_missing: bool,
+    /// When the expired token proved the user, the new token must have the same `sub`.
+    pub require_same_subject: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -1360,6 +1364,7 @@ fn validate_initiate(c: &mut Checker<'_>, i: &InitiateRaw) -> Option<Initiate> {
         timeout,
         max_staleness: c.duration("initiate.max_staleness", &i.max_staleness),
         when_refresh_token_missing: i.when_refresh_token_missing,
+        require_same_subject: i.require_same_subject,
     })
 }
 

@@ -94,6 +94,9 @@ pub fn set_session(headers: &mut HeaderMap, cfg: &ResponseTokens, s: &Session) {
             if cfg.cookie_secure {
                 c.push_str("; Secure");
             }
+            if value.is_empty() {
+                continue;
+            }
             if let Some(a) = age {
                 c.push_str(&format!("; Max-Age={a}"));
             }
@@ -103,18 +106,61 @@ pub fn set_session(headers: &mut HeaderMap, cfg: &ResponseTokens, s: &Session) {
         }
         return;
     }
-    if let (Ok(a), Ok(r)) = (
-        HeaderValue::from_str(&s.access_token),
-        HeaderValue::from_str(&s.refresh_token),
-    ) {
+    if let Ok(a) = HeaderValue::from_str(&s.access_token) {
         headers.insert(cfg.access_header.clone(), a);
+    }
+    // A service that does not rotate refresh tokens leaves the client's one in force.
+    if let Ok(r) = HeaderValue::from_str(&s.refresh_token)
+        .map_err(|_| ())
+        .and_then(|v| if v.is_empty() { Err(()) } else { Ok(v) })
+    {
         headers.insert(cfg.refresh_header.clone(), r);
-        let expose = format!(
-            "{}, {}, {}",
-            cfg.access_header, cfg.refresh_header, X_AUTH_ERROR
-        );
-        if let Ok(v) = HeaderValue::from_str(&expose) {
-            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+    }
+    // Merge with what the backend already exposes to browsers.
+    let mut expose: Vec<String> = headers
+        .get_all(header::ACCESS_CONTROL_EXPOSE_HEADERS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in [
+        cfg.access_header.as_str(),
+        cfg.refresh_header.as_str(),
+        X_AUTH_ERROR.as_str(),
+    ] {
+        if !expose.iter().any(|e| e.eq_ignore_ascii_case(name)) {
+            expose.push(name.to_string());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&expose.join(", ")) {
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+    }
+}
+
+/// Removes the named cookies from every `Cookie` header (the sidecar's own credentials
+/// never reach the backend); drops a header left empty.
+pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
+    if names.is_empty() || !headers.contains_key(header::COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair).trim();
+            !pair.is_empty() && !names.contains(&name)
+        })
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(header::COOKIE, v);
         }
     }
 }

@@ -177,6 +177,13 @@ async fn run(
     if let Some(who) = &auth.who {
         inject::set_identity(&mut parts.headers, who);
     }
+    // The sidecar's own cookies (refresh token; the access cookie unless forwarded)
+    // never reach the backend.
+    let mut own_cookies: Vec<&str> = state.lifecycle.refresh_cookie().into_iter().collect();
+    if !cfg.auth.forward_authorization {
+        own_cookies.extend(cfg.auth.cookie.as_deref());
+    }
+    inject::remove_cookies(&mut parts.headers, &own_cookies);
     if !cfg.auth.forward_authorization {
         parts.headers.remove(header::AUTHORIZATION);
     } else if let Some(s) = &auth.renewed {
@@ -217,20 +224,16 @@ async fn run(
         tunnel_deadline,
     };
     let req = Request::from_parts(std::mem::replace(parts, empty_parts()), body);
-    let mut resp = forward(&state.forwarder, req, hop, &state.metrics).await?;
+    let (decision, mut resp) = match state.forwarder.forward(req, hop, &state.metrics).await {
+        Ok(r) => (auth.decision, r),
+        Err(e) => (Decision::Failed, e.into_response()),
+    };
+    // The new pair goes back even when the backend failed: the old refresh token may
+    // already be rotated away, and losing the pair would log the user out.
     if let Some(s) = &auth.renewed {
         inject::set_session(resp.headers_mut(), &cfg.response_tokens, s);
     }
-    Ok((auth.decision, resp))
-}
-
-async fn forward(
-    f: &Forwarder,
-    req: Request<Incoming>,
-    hop: Hop<'_>,
-    m: &Metrics,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    f.forward(req, hop, m).await
+    Ok((decision, resp))
 }
 
 /// Steps 3-6 of the decision: verify, renew if expired, or refuse.

@@ -236,7 +236,21 @@ impl Lifecycle {
             }
             None => return Err(LifecycleError::Expired),
         };
+        let proven_by_token = expired
+            .as_ref()
+            .filter(|old| subject.sub == old.sub)
+            .map(|o| o.sub.clone());
         match self.initiate(subject).await {
+            Ok(s)
+                if init.require_same_subject
+                    && proven_by_token
+                        .as_ref()
+                        .is_some_and(|sub| *sub != s.verified.sub) =>
+            {
+                Err(LifecycleError::BadResponse(
+                    "the token service started a session for another user",
+                ))
+            }
             Ok(s) => Ok(s),
             Err(Failure::Rejected) => Err(LifecycleError::Rejected(
                 "the token service refused to start a session",
@@ -273,12 +287,7 @@ impl Lifecycle {
                     }
                     Ok(e.into_value())
                 }
-                Err(f) => {
-                    if matches!(*f, Failure::Rejected) {
-                        this.rejected.insert(key, ()).await;
-                    }
-                    Err(*f)
-                }
+                Err(f) => Err(*f),
             }
         });
         task.await.unwrap_or(Err(Failure::Unavailable))
@@ -316,6 +325,10 @@ impl Lifecycle {
                 false,
             )
             .await;
+        if matches!(result, Err(Failure::Rejected)) {
+            // Remembered before the single flight ends, so no waiter can slip in a second call.
+            self.rejected.insert(hash_token(&refresh_token), ()).await;
+        }
         record("refresh", &result, started);
         result
     }
