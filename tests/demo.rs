@@ -84,7 +84,10 @@ async fn demo_walkthrough_steps_do_what_they_announce() {
     }
     assert_eq!(steps.len(), 6, "the demo walks through six steps");
 
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     for (i, step) in steps.iter().enumerate() {
         let mut req = client.get(&step.url);
         for (k, v) in &step.headers {
@@ -100,7 +103,13 @@ async fn demo_walkthrough_steps_do_what_they_announce() {
             .nth(1)
             .and_then(|s| s.trim_end_matches(';').parse().ok())
             .expect("expectation names a status");
-        assert_eq!(status, want, "step {}: {} (body {body})", i + 1, step.expect);
+        assert_eq!(
+            status,
+            want,
+            "step {}: {} (body {body})",
+            i + 1,
+            step.expect
+        );
         if let Some(seen) = step.expect.split("the backend sees ").nth(1) {
             let (h, v) = seen.split_once(": ").unwrap();
             let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
