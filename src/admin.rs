@@ -29,12 +29,14 @@ pub async fn serve(
     state: Arc<ArcSwap<State>>,
     health: Arc<Health>,
     prom: Option<PrometheusHandle>,
-    mut shutdown: watch::Receiver<bool>,
+    // Not used to stop: the admin port stays up through the drain, so /readyz can
+    // answer 503 (draining) until the process exits.
+    _shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let (stream, _) = tokio::select! {
-            a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
-            _ = shutdown.changed() => return,
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
         };
         let (state, health, prom) = (state.clone(), health.clone(), prom.clone());
         tokio::spawn(async move {
@@ -66,14 +68,15 @@ async fn route(
             if st.verifier.keys().is_empty() {
                 problems.push("no verification keys loaded");
             }
-            let backend = st.forwarder.authority();
-            let default_port = if st.cfg.backend.scheme == http::uri::Scheme::HTTPS {
-                443
-            } else {
-                80
-            };
-            if !crate::listen::reachable(backend, default_port).await {
-                problems.push("backend unreachable");
+            if st.jwks.as_ref().is_some_and(|j| !j.loaded()) {
+                problems.push("jwks not loaded yet");
+            }
+            if st.cfg.raw.admin.ready_requires_backend {
+                let backend = st.forwarder.authority();
+                let https = st.cfg.backend.scheme == http::uri::Scheme::HTTPS;
+                if !crate::listen::reachable(backend, if https { 443 } else { 80 }).await {
+                    problems.push("backend unreachable");
+                }
             }
             if problems.is_empty() {
                 text(StatusCode::OK, "ready\n")

@@ -904,8 +904,9 @@ fn validate(raw: &RawConfig, env: &dyn EnvSource, problems: &mut Vec<String>) ->
     if s.worker_threads == 0 || s.worker_threads > 256 {
         c.fail("server.worker_threads: must be between 1 and 256".into());
     }
-    if s.max_header_bytes < 1024 || s.max_header_bytes > 1024 * 1024 {
-        c.fail("server.max_header_bytes: must be between 1024 and 1048576".into());
+    // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+    if s.max_header_bytes < 8192 || s.max_header_bytes > 1024 * 1024 {
+        c.fail("server.max_header_bytes: must be between 8192 and 1048576".into());
     }
     if s.max_headers == 0 || s.max_headers > 1000 {
         c.fail("server.max_headers: must be between 1 and 1000".into());

@@ -246,6 +246,9 @@ fn reload_config(path: &Path, state: &ArcSwap<State>, m: &metrics::Metrics) {
     }
     match build_state(cfg, m.clone()) {
         Ok(s) => {
+            if let (Some(new), Some(prev)) = (&s.jwks, &old.jwks) {
+                new.inherit(prev, &s.verifier);
+            }
             start_background(&s);
             state.store(Arc::new(s));
             tracing::info!("config reloaded");

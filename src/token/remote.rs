@@ -26,6 +26,8 @@ pub struct JwksRemote {
     static_keys: KeySet,
     loaded: AtomicBool,
     last_doc: Mutex<Option<[u8; 32]>>,
+    /// The keys last fetched from the URL (without the static ones).
+    remote_keys: Mutex<Option<KeySet>>,
     last_kid_fetch: Mutex<Option<Instant>>,
     fetching: tokio::sync::Mutex<()>,
 }
@@ -44,6 +46,7 @@ impl JwksRemote {
             static_keys,
             loaded: AtomicBool::new(false),
             last_doc: Mutex::new(None),
+            remote_keys: Mutex::new(None),
             last_kid_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
         })
@@ -88,17 +91,18 @@ impl JwksRemote {
             return Err(format!("answered {}", answer.status));
         }
         let text = std::str::from_utf8(&answer.body).map_err(|_| "not UTF-8".to_string())?;
-        let mut set = self.static_keys.clone();
-        let before = set.keys.len();
-        let skipped = set
+        let mut remote = KeySet::default();
+        let skipped = remote
             .add_jwks(text, &self.algorithms)
             .map_err(|e| e.to_string())?;
         for s in skipped {
             tracing::debug!("jwks: skipped {s}");
         }
-        if set.keys.len() == before {
+        if remote.is_empty() {
             return Err("the document has no usable key".into());
         }
+        let mut set = self.static_keys.clone();
+        set.keys.extend(remote.keys.iter().cloned());
         let digest: [u8; 32] = Sha256::digest(&answer.body).into();
         let changed = {
             let mut last = self.last_doc.lock().map_err(|_| "poisoned")?;
@@ -106,6 +110,9 @@ impl JwksRemote {
             *last = Some(digest);
             changed
         };
+        if let Ok(mut r) = self.remote_keys.lock() {
+            *r = Some(remote);
+        }
         if changed {
             verifier.set_keys(set);
             tracing::info!(url = %self.cfg.url, "jwks: key set installed");
@@ -113,6 +120,27 @@ impl JwksRemote {
         self.loaded.store(true, Ordering::Relaxed);
         let ttl = answer.max_age.unwrap_or(self.cfg.max_refresh);
         Ok(ttl.clamp(self.cfg.min_refresh, self.cfg.max_refresh))
+    }
+
+    /// Carries the last good remote keys over a reload (same URL), so a reload while the
+    /// endpoint is down does not drop them.
+    pub fn inherit(&self, old: &JwksRemote, verifier: &Verifier) {
+        if old.cfg.url != self.cfg.url || !old.loaded() {
+            return;
+        }
+        let Some(remote) = old.remote_keys.lock().ok().and_then(|r| r.clone()) else {
+            return;
+        };
+        let mut set = self.static_keys.clone();
+        set.keys.extend(remote.keys.iter().cloned());
+        verifier.set_keys(set);
+        if let (Ok(mut mine), Ok(theirs)) = (self.last_doc.lock(), old.last_doc.lock()) {
+            *mine = *theirs;
+        }
+        if let Ok(mut r) = self.remote_keys.lock() {
+            *r = Some(remote);
+        }
+        self.loaded.store(true, Ordering::Relaxed);
     }
 
     /// A token named a `kid` we do not have: refetch, but at most once per interval so

@@ -156,7 +156,7 @@ pub fn session_facts(
 }
 
 /// One GET over a fresh TLS connection: h2 when the server picked `h2` by ALPN, HTTP/1.1
-/// otherwise. `authority` is the Host / :authority. 10 s bound.
+/// otherwise. Host / :authority is `localhost:PORT`. 10 s bound.
 pub async fn https_get(
     addr: SocketAddr,
     cfg: Arc<rustls::ClientConfig>,
