@@ -140,10 +140,13 @@ proptest! {
                     prop_assert!(authz.len() <= 1);
                 }
                 // Another scheme (Basic, garbage) is not a credential of ours.
-                Ok(None) => prop_assert!(authz.iter().all(|a| {
-                    let scheme = a.split_once(' ').map(|x| x.0).unwrap_or(a);
-                    !scheme.eq_ignore_ascii_case("bearer")
-                })),
+                Ok(None) => {
+                    let no_bearer = authz.iter().all(|a| {
+                        let scheme = a.split_once(' ').map(|x| x.0).unwrap_or(a);
+                        !scheme.eq_ignore_ascii_case("bearer")
+                    });
+                    prop_assert!(no_bearer);
+                }
                 Err(_) => {}
             }
         }
