@@ -271,26 +271,16 @@ impl Lifecycle {
         }
         let this = self.clone();
         let rt = refresh_token.to_string();
-        // The single flight runs in its own task: a client that disconnects mid-refresh
-        // drops only its wait, never the call that others are waiting on.
-        let task = tokio::spawn(async move {
-            let entry = this
-                .refreshed
-                .entry(key)
-                .or_try_insert_with(this.call_refresh(rt))
-                .await;
-            match entry {
-                Ok(e) => {
-                    if !e.is_fresh() {
-                        metrics::counter!("auth_sidecar_refresh_total", "outcome" => "coalesced")
-                            .increment(1);
-                    }
-                    Ok(e.into_value())
-                }
-                Err(f) => Err(*f),
-            }
-        });
-        task.await.unwrap_or(Err(Failure::Unavailable))
+        single_flight(async move {
+            (
+                this.refreshed
+                    .entry(key)
+                    .or_try_insert_with(this.call_refresh(rt))
+                    .await,
+                "refresh",
+            )
+        })
+        .await
     }
 
     async fn call_refresh(&self, refresh_token: String) -> Result<Arc<Session>, Failure> {
@@ -380,25 +370,17 @@ impl Lifecycle {
 
     async fn initiate(self: &Arc<Self>, subject: Subject) -> Result<Arc<Session>, Failure> {
         let this = self.clone();
-        let task = tokio::spawn(async move {
-            let key = subject.key.clone();
-            let entry = this
-                .initiated
-                .entry(key)
-                .or_try_insert_with(this.call_initiate(subject))
-                .await;
-            match entry {
-                Ok(e) => {
-                    if !e.is_fresh() {
-                        metrics::counter!("auth_sidecar_initiate_total", "outcome" => "coalesced")
-                            .increment(1);
-                    }
-                    Ok(e.into_value())
-                }
-                Err(f) => Err(*f),
-            }
-        });
-        task.await.unwrap_or(Err(Failure::Unavailable))
+        let key = subject.key.clone();
+        single_flight(async move {
+            (
+                this.initiated
+                    .entry(key)
+                    .or_try_insert_with(this.call_initiate(subject))
+                    .await,
+                "initiate",
+            )
+        })
+        .await
     }
 
     async fn call_initiate(&self, s: Subject) -> Result<Arc<Session>, Failure> {
@@ -519,6 +501,34 @@ impl Lifecycle {
             )),
         }
     }
+}
+
+/// Runs a moka single flight in its own task: a client that disconnects mid-call drops
+/// only its wait, never the call that others are waiting on. Counts coalesced waits.
+async fn single_flight<K, F>(flight: F) -> Result<Arc<Session>, Failure>
+where
+    K: Send + Sync + 'static,
+    F: std::future::Future<
+            Output = (
+                Result<moka::Entry<K, Arc<Session>>, Arc<Failure>>,
+                &'static str,
+            ),
+        > + Send
+        + 'static,
+{
+    let task = tokio::spawn(async move {
+        let (entry, call) = flight.await;
+        match entry {
+            Ok(e) => {
+                if !e.is_fresh() {
+                    metrics::counter!("auth_sidecar_coalesced_total", "call" => call).increment(1);
+                }
+                Ok(e.into_value())
+            }
+            Err(f) => Err(*f),
+        }
+    });
+    task.await.unwrap_or(Err(Failure::Unavailable))
 }
 
 /// Verifies a customer app identity token (Kustomer-style: HS256, `externalId` or
