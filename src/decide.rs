@@ -55,6 +55,13 @@ pub fn canonical_path(raw: &str) -> Result<String, PathError> {
         if decoded.contains(['/', '\\']) || decoded.chars().any(|c| c.is_control()) {
             return Err(PathError::Ambiguous);
         }
+        // Servlet containers drop `;params` before resolving dots: `..;x` would climb
+        // out of a prefix there, and `;x` alone would be an empty segment.
+        if let Some((head, _)) = decoded.split_once(';') {
+            if matches!(head, "" | "." | "..") {
+                return Err(PathError::Ambiguous);
+            }
+        }
         trailing = true;
         match decoded.as_ref() {
             "" | "." => {}
@@ -96,7 +103,7 @@ fn is_plain(raw: &str) -> bool {
     b.first() == Some(&b'/')
         && !b.windows(2).any(|w| w == b"//" || w == b"/.")
         && b.iter()
-            .all(|c| c.is_ascii_graphic() && !matches!(c, b'%' | b'\\'))
+            .all(|c| c.is_ascii_graphic() && !matches!(c, b'%' | b'\\' | b';'))
 }
 
 /// Returns (canonical path, path to forward). Plain paths are returned as they are.

@@ -227,6 +227,20 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     for n in HOP_BY_HOP.iter() {
         h.remove(n);
     }
+    // `Transfer_Encoding` and friends: a backend that reads `_` as `-` would frame the
+    // body differently from us (request smuggling).
+    let aliases: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .filter(|k| {
+            let n = k.as_str().replace('_', "-");
+            n == "content-length" || HOP_BY_HOP.iter().any(|hb| hb.as_str() == n)
+        })
+        .cloned()
+        .collect();
+    for n in aliases {
+        h.remove(n);
+    }
 }
 
 fn append_forwarded_for(h: &mut HeaderMap, addr: SocketAddr) {

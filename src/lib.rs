@@ -80,7 +80,11 @@ pub fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<
         http.clone(),
         verifier.clone(),
     );
-    let mut extra = Vec::new();
+    // Routing headers some backends honour: the sidecar decides on the path, nobody else.
+    let mut extra: Vec<http::HeaderName> = ["x-original-url", "x-rewrite-url", "x-forwarded-uri"]
+        .into_iter()
+        .map(http::HeaderName::from_static)
+        .collect();
     if let Some(h) = lifecycle.refresh_header() {
         extra.push(h.clone());
     }

@@ -113,6 +113,15 @@ async fn run(
     user: &mut Option<Arc<Verified>>,
 ) -> Result<(Decision, Response<ProxyBody>), ProxyError> {
     let cfg = &state.cfg;
+    if parts.method == http::Method::CONNECT {
+        return Err(ProxyError::InvalidRequest("CONNECT is not supported"));
+    }
+    if parts.version == http::Version::HTTP_11 && !one_valid_host(&parts.headers) {
+        // RFC 9112 §3.2: exactly one valid Host, or 400.
+        return Err(ProxyError::InvalidRequest(
+            "an HTTP/1.1 request needs exactly one valid Host header",
+        ));
+    }
     // Credentials the sidecar owns are read before the strip removes them.
     let refresh_token = state
         .lifecycle
@@ -372,6 +381,18 @@ fn check_route(
         }
     }
     Ok(())
+}
+
+fn one_valid_host(h: &http::HeaderMap) -> bool {
+    let mut hosts = h.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(v), None) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<http::uri::Authority>().ok())
+            .is_some(),
+        _ => false,
+    }
 }
 
 /// The client's request id when it is sane, otherwise a new one.

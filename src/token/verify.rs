@@ -74,6 +74,8 @@ pub struct Verifier {
     validations: Vec<(Algorithm, Validation)>,
     leeway: u64,
     max_token_bytes: usize,
+    /// `iss` must then be one string (RFC 7519 §4.1.1), not an array that contains ours.
+    issuer_required: bool,
     required_claims: Vec<String>,
     identity: IdentityCfg,
     cache: Cache<TokenHash, Arc<Verified>>,
@@ -137,6 +139,7 @@ impl Verifier {
             validations,
             leeway,
             max_token_bytes: auth.max_token_bytes,
+            issuer_required: auth.issuer.is_some(),
             required_claims: auth.required_claims.clone(),
             identity: identity.clone(),
             cache,
@@ -236,6 +239,9 @@ impl Verifier {
     }
 
     fn check_claims(&self, claims: Map<String, Value>, now: u64) -> Result<Verdict, VerifyError> {
+        if self.issuer_required && !matches!(claims.get("iss"), Some(Value::String(_))) {
+            return Err(VerifyError::Invalid("the token's issuer is not accepted"));
+        }
         let exp = numeric_date(claims.get("exp"))
             .ok_or(VerifyError::Invalid("the token has no valid exp"))?;
         if let Some(nbf) = claims.get("nbf") {
