@@ -404,6 +404,9 @@ def scenarios() -> list[Scenario]:
         Scenario("tls", tls, expect=expect_tls,
                  external_secrets={"auth-sidecar-cert": {"tls.crt": TLS_CERT, "tls.key": TLS_KEY}}),
         Scenario("hpa", ci_values("hpa"), expect=expect_hpa),
+        # The sidecar values example in the top-level README.
+        Scenario("readme-sidecar", ci_values("readme-sidecar"), expect=expect_sidecar,
+                 external_secrets={"chat-auth": {"hmac-secret": LONG, "initiate-api-key": "readme-initiate-key"}}),
         # Variants of the ci/ files.
         Scenario("sidecar-native", deep_merge(sidecar, {"sidecar": {"native": True}}), expect=expect_native),
         Scenario("gateway-env-secrets", deep_merge(gateway, {"secrets": {"mountAs": "env"}})),
