@@ -28,6 +28,7 @@
 //! | HERD_WORKERS | 1 | the sidecar's server.worker_threads |
 //! | HERD_BACKEND | h1 | sidecar -> backend protocol: h1 (default config) or h2 (backend.http2) |
 //! | HERD_BASELINE | 1 | also run the valid-token baseline herd |
+//! | HERD_EXPIRED_AGO_S | 2 | how long ago the shared access token expired (minted per round) |
 //!
 //! The fd limit must allow HERD_N backend connections in this process and in the sidecar
 //! (`ulimit -n`, 20000 here); the bench refuses to start when it is too low.
@@ -74,6 +75,7 @@ struct Params {
     workers: usize,
     backend_h2: bool,
     baseline: bool,
+    expired_ago: u64,
 }
 
 fn params() -> Params {
@@ -94,6 +96,7 @@ fn params() -> Params {
         workers: env_or("HERD_WORKERS", 1),
         backend_h2: std::env::var("HERD_BACKEND").is_ok_and(|v| v == "h2"),
         baseline: env_or("HERD_BASELINE", 1) == 1,
+        expired_ago: env_or("HERD_EXPIRED_AGO_S", 2),
     }
 }
 
@@ -466,7 +469,6 @@ async fn run(p: &Params) -> Vec<Row> {
     let backend = backend().await;
     let mut rows = Vec::new();
     for &alg in &p.algs {
-        let expired = mint(alg, now() - 120, "expired");
         let valid = mint(alg, now() + 3600, "valid");
         let fresh = Arc::new(mint(alg, now() + 3600, "refreshed"));
         let ts = token_service(p.ts_latency, fresh.clone()).await;
@@ -475,6 +477,9 @@ async fn run(p: &Params) -> Vec<Row> {
             if p.baseline {
                 phases.push(("baseline (valid token)", false));
             }
+            // Expired a moment ago, as when a herd of clients shares one session whose
+            // access token has just run out (leeway is 0 s).
+            let expired = mint(alg, now() - p.expired_ago, "expired");
             for (phase, refresh) in phases {
                 let sc = start_sidecar(p, alg, backend, ts.addr, &valid).await;
                 let senders = connect(sc.port, p.conns).await.expect("connect to sidecar");
