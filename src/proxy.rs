@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use http::{header, request::Parts, HeaderValue, Request, Response};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use crate::body::ProxyBody;
 use crate::config::{Config, RouteMode};
@@ -62,6 +63,9 @@ pub async fn handle(
     let mut log_path = String::new();
     let mut user: Option<Arc<Verified>> = None;
 
+    // Every line logged while handling the request carries its id (the span is at
+    // error level so it exists whenever any logging is on).
+    let span = tracing::error_span!("request", request_id = request_id.to_str().unwrap_or(""));
     let result = run(
         &state,
         &mut parts,
@@ -71,6 +75,7 @@ pub async fn handle(
         &mut log_path,
         &mut user,
     )
+    .instrument(span)
     .await;
     let (decision, mut resp) = match result {
         Ok(r) => r,
