@@ -603,7 +603,7 @@ fn report(p: &Params, rows: &[Row]) {
             String::new()
         } else {
             format!(
-                "; baseline herd p99 {b99:.1} ms, so the refresh adds {:.1} ms beyond the same herd without refresh",
+                "; the same herd with a valid token (no refresh): p99 {b99:.1} ms (refresh minus baseline: {:+.1} ms)",
                 p99 - b99
             )
         };
