@@ -2,7 +2,6 @@
 //! (RFC 9110 §7.6.1), `X-Forwarded-*` set, bodies streamed both ways, WebSocket
 //! upgrades tunnelled only when the backend agrees with a 101.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::uri::{PathAndQuery, Uri};
@@ -72,7 +71,8 @@ pub struct Forwarder {
 
 /// Per-request facts the forwarder needs beyond the request itself.
 pub struct Hop<'a> {
-    pub client_addr: SocketAddr,
+    /// The peer's IP, formatted once per connection.
+    pub client_ip: HeaderValue,
     pub tls: bool,
     /// The canonical path, encoded, as decided on.
     pub path: &'a str,
@@ -145,7 +145,7 @@ impl Forwarder {
             if let Some(orig) = original_host {
                 h.insert(X_FORWARDED_HOST, orig);
             }
-            append_forwarded_for(h, hop.client_addr);
+            append_forwarded_for(h, &hop.client_ip);
             h.insert(
                 X_FORWARDED_PROTO,
                 HeaderValue::from_static(if hop.tls { "https" } else { "http" }),
@@ -214,6 +214,14 @@ impl Forwarder {
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the names first: most requests carry none of these.
+    let any = h.keys().any(|k| {
+        let s = k.as_str();
+        s.contains('_') || HOP_BY_HOP.iter().any(|hb| hb.as_str() == s)
+    });
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -243,11 +251,15 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded_for(h: &mut HeaderMap, addr: SocketAddr) {
-    let ip = addr.ip().to_string();
+fn append_forwarded_for(h: &mut HeaderMap, ip: &HeaderValue) {
     let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+        Some(prev) if !prev.trim().is_empty() => {
+            format!("{prev}, {}", ip.to_str().unwrap_or(""))
+        }
+        _ => {
+            h.insert(X_FORWARDED_FOR, ip.clone());
+            return;
+        }
     };
     // Several XFF headers are folded into one so the backend reads a single list.
     h.remove(&X_FORWARDED_FOR);

@@ -72,7 +72,13 @@ pub fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<
         .introspection
         .clone()
         .map(|i| token::Introspector::new(i, http.clone(), cfg.identity.clone()));
-    let verifier = Arc::new(token::Verifier::new(&cfg.auth, &cfg.identity, keys));
+    let route_claims = cfg
+        .routes
+        .iter()
+        .flat_map(|r| r.require_claims.iter().map(|(c, _)| c.clone()))
+        .collect();
+    let verifier =
+        Arc::new(token::Verifier::new(&cfg.auth, &cfg.identity, keys).keep_claims(route_claims));
     let lifecycle = token::Lifecycle::new(
         cfg.refresh.clone(),
         cfg.initiate.clone(),

@@ -193,8 +193,9 @@ async fn serve_conn<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let info = ConnInfo { remote, tls };
+    let info = ConnInfo::new(remote, tls);
     let svc = service_fn(move |req| {
+        let info = info.clone();
         // Each request sees the config in force when it arrived (reload swaps it whole).
         let st = state.load_full();
         async move { Ok::<_, Infallible>(proxy::handle(st, req, info).await) }

@@ -36,10 +36,20 @@ pub struct State {
 }
 
 /// Facts about the connection a request came in on.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
+    /// The peer's IP as a header value, for `X-Forwarded-For` (formatted once).
+    pub ip: HeaderValue,
     pub tls: bool,
+}
+
+impl ConnInfo {
+    pub fn new(remote: SocketAddr, tls: bool) -> ConnInfo {
+        let ip = HeaderValue::from_str(&remote.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        ConnInfo { remote, ip, tls }
+    }
 }
 
 /// The outcome of the auth steps for one request.
@@ -150,7 +160,9 @@ async fn run(
 
     let (canonical, forward_path) = decide::resolve_path(parts.uri.path())
         .map_err(|_| ProxyError::InvalidRequest("the request path is ambiguous or malformed"))?;
-    log_path.push_str(&canonical);
+    if tracing::enabled!(target: "auth_sidecar::access", tracing::Level::INFO) {
+        log_path.push_str(&canonical);
+    }
     let route = decide::route_for(&cfg.routes, &canonical);
     let mode = decide::mode_of(route);
     let upgrade = decide::is_websocket_upgrade(parts);
@@ -230,7 +242,7 @@ async fn run(
         _ => None,
     };
     let hop = Hop {
-        client_addr: conn.remote,
+        client_ip: conn.ip.clone(),
         tls: conn.tls,
         path: &forward_path,
         query: query.as_deref(),

@@ -79,6 +79,9 @@ pub struct Verifier {
     required_claims: Vec<String>,
     identity: IdentityCfg,
     cache: Cache<TokenHash, Arc<Verified>>,
+    /// Claims worth keeping in a cached entry (those route rules read); the rest are
+    /// dropped, so 100 000 cached tokens stay small.
+    kept_claims: Vec<String>,
     hits: metrics::Counter,
     misses: metrics::Counter,
 }
@@ -143,9 +146,30 @@ impl Verifier {
             required_claims: auth.required_claims.clone(),
             identity: identity.clone(),
             cache,
+            kept_claims: Vec::new(),
             hits: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "hit"),
             misses: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "miss"),
         }
+    }
+
+    /// Keeps only these claims in cached entries (identity headers are already built).
+    pub fn keep_claims(mut self, names: Vec<String>) -> Self {
+        self.kept_claims = names;
+        self
+    }
+
+    fn slim(&self, v: &Verified) -> Arc<Verified> {
+        Arc::new(Verified {
+            sub: v.sub.clone(),
+            exp: v.exp,
+            claims: v
+                .claims
+                .iter()
+                .filter(|(k, _)| self.kept_claims.contains(k))
+                .map(|(k, val)| (k.clone(), val.clone()))
+                .collect(),
+            headers: v.headers.clone(),
+        })
     }
 
     /// Swaps the key set (reload, JWKS refresh); cached verdicts made with old keys go.
@@ -183,7 +207,7 @@ impl Verifier {
         self.misses.increment(1);
         let verdict = self.verify_uncached(token, now)?;
         if let Verdict::Valid(v) = &verdict {
-            self.cache.insert(key, v.clone());
+            self.cache.insert(key, self.slim(v));
         }
         Ok(verdict)
     }
