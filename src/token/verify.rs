@@ -79,6 +79,9 @@ pub struct Verifier {
     required_claims: Vec<String>,
     identity: IdentityCfg,
     cache: Cache<TokenHash, Arc<Verified>>,
+    /// Recently seen expired-but-well-signed tokens: a refresh herd (thousands of
+    /// requests on one expired pair) checks the signature once, not once per request.
+    expired: Cache<TokenHash, Arc<Verified>>,
     /// Claims worth keeping in a cached entry (those route rules read); the rest are
     /// dropped, so 100 000 cached tokens stay small.
     kept_claims: Vec<String>,
@@ -146,6 +149,10 @@ impl Verifier {
             required_claims: auth.required_claims.clone(),
             identity: identity.clone(),
             cache,
+            expired: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
             kept_claims: Vec::new(),
             hits: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "hit"),
             misses: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "miss"),
@@ -178,6 +185,7 @@ impl Verifier {
             *k = Arc::new(keys);
         }
         self.cache.invalidate_all();
+        self.expired.invalidate_all();
     }
 
     pub fn keys(&self) -> Arc<KeySet> {
@@ -204,10 +212,15 @@ impl Verifier {
                 return Ok(Verdict::Valid(v));
             }
         }
+        if let Some(v) = self.expired.get(&key) {
+            self.hits.increment(1);
+            return Ok(Verdict::Expired(v));
+        }
         self.misses.increment(1);
         let verdict = self.verify_uncached(token, now)?;
-        if let Verdict::Valid(v) = &verdict {
-            self.cache.insert(key, self.slim(v));
+        match &verdict {
+            Verdict::Valid(v) => self.cache.insert(key, self.slim(v)),
+            Verdict::Expired(v) => self.expired.insert(key, v.clone()),
         }
         Ok(verdict)
     }
