@@ -164,16 +164,3 @@ pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_matching_reads_underscore_as_dash_in_any_case() {
-        assert!(starts_normalized(b"x_auth_user_id", b"x-auth-"));
-        assert!(starts_normalized(b"x-auth-anything", b"x-auth-"));
-        assert!(!starts_normalized(b"x-authz", b"x-auth-"));
-        assert!(normalized_eq(b"x_refresh_token", b"x-refresh-token"));
-    }
-}
