@@ -13,7 +13,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::body::ProxyBody;
 use crate::proxy::State;
@@ -29,10 +28,9 @@ pub async fn serve(
     state: Arc<ArcSwap<State>>,
     health: Arc<Health>,
     prom: Option<PrometheusHandle>,
-    // Not used to stop: the admin port stays up through the drain, so /readyz can
-    // answer 503 (draining) until the process exits.
-    _shutdown: watch::Receiver<bool>,
 ) {
+    // No stop signal on purpose: the admin port stays up through the drain, so /readyz
+    // answers 503 (draining) until the process exits.
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

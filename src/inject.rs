@@ -110,11 +110,10 @@ pub fn set_session(headers: &mut HeaderMap, cfg: &ResponseTokens, s: &Session) {
         headers.insert(cfg.access_header.clone(), a);
     }
     // A service that does not rotate refresh tokens leaves the client's one in force.
-    if let Ok(r) = HeaderValue::from_str(&s.refresh_token)
-        .map_err(|_| ())
-        .and_then(|v| if v.is_empty() { Err(()) } else { Ok(v) })
-    {
-        headers.insert(cfg.refresh_header.clone(), r);
+    if !s.refresh_token.is_empty() {
+        if let Ok(r) = HeaderValue::from_str(&s.refresh_token) {
+            headers.insert(cfg.refresh_header.clone(), r);
+        }
     }
     // Merge with what the backend already exposes to browsers.
     let mut expose: Vec<String> = headers

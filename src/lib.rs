@@ -166,13 +166,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>, bound: Bound) -> a
     let health = Arc::new(admin::Health::default());
     if let Some(l) = bound.admin {
         tracing::info!(addr = %l.local_addr()?, "admin listening");
-        tokio::spawn(admin::serve(
-            l,
-            state.clone(),
-            health.clone(),
-            prom,
-            stop_rx.clone(),
-        ));
+        tokio::spawn(admin::serve(l, state.clone(), health.clone(), prom));
     }
     tracing::info!(addr = %addr, tls = tls.is_some(), backend = %cfg.backend.uri, "listening");
     let server = tokio::spawn(listen::serve(
