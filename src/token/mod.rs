@@ -1,6 +1,7 @@
 //! Everything about tokens, and nothing about HTTP servers: keys, verification with its
 //! cache, and the refresh/initiate lifecycle.
 
+pub mod cache;
 pub mod keys;
 pub mod lifecycle;
 pub mod remote;

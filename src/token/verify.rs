@@ -2,16 +2,16 @@
 //! per token. Claims are read only after the signature has been verified; an expired
 //! token with a valid signature is reported as such, distinct from an invalid one.
 
-use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use http::{HeaderName, HeaderValue};
-use jsonwebtoken::{Algorithm, Validation};
-use moka::sync::Cache;
+use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::cache::TokenCache;
 use super::keys::KeySet;
 use crate::config::{Auth, Identity as IdentityCfg};
 
@@ -69,19 +69,19 @@ pub fn now_secs() -> u64 {
 /// Verifies access tokens against the current key set and remembers verified ones.
 pub struct Verifier {
     keys: RwLock<Arc<KeySet>>,
-    /// One Validation per allowed algorithm: jsonwebtoken insists that every algorithm
-    /// in a Validation fits the key, so a mixed allow-list cannot share one.
-    validations: Vec<(Algorithm, Validation)>,
+    algorithms: Vec<Algorithm>,
+    /// `iss` must be exactly this one string (RFC 7519 §4.1.1), not an array holding it.
+    issuer: Option<String>,
+    audience: Vec<String>,
     leeway: u64,
     max_token_bytes: usize,
-    /// `iss` must then be one string (RFC 7519 §4.1.1), not an array that contains ours.
-    issuer_required: bool,
     required_claims: Vec<String>,
     identity: IdentityCfg,
-    cache: Cache<TokenHash, Arc<Verified>>,
+    /// Verified tokens until their `exp` (plus leeway).
+    cache: TokenCache<Arc<Verified>>,
     /// Recently seen expired-but-well-signed tokens: a refresh herd (thousands of
     /// requests on one expired pair) checks the signature once, not once per request.
-    expired: Cache<TokenHash, Arc<Verified>>,
+    expired: TokenCache<Arc<Verified>>,
     /// Claims worth keeping in a cached entry (those route rules read); the rest are
     /// dropped, so 100 000 cached tokens stay small.
     kept_claims: Vec<String>,
@@ -89,70 +89,19 @@ pub struct Verifier {
     misses: metrics::Counter,
 }
 
-/// Each cache entry lives until its token's `exp` (plus leeway), never longer.
-struct ExpireAtExp {
-    leeway: u64,
-}
-
-impl moka::Expiry<TokenHash, Arc<Verified>> for ExpireAtExp {
-    fn expire_after_create(
-        &self,
-        _k: &TokenHash,
-        v: &Arc<Verified>,
-        _now: Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            (v.exp + self.leeway).saturating_sub(now_secs()),
-        ))
-    }
-}
-
 impl Verifier {
     pub fn new(auth: &Auth, identity: &IdentityCfg, keys: KeySet) -> Verifier {
-        let mut v = Validation::new(Algorithm::HS256);
-        // Time claims are checked by us, so that an expired token stays distinguishable.
-        v.validate_exp = false;
-        v.validate_nbf = false;
-        v.leeway = 0;
-        let mut required: HashSet<String> = ["sub".to_string()].into();
-        if let Some(iss) = &auth.issuer {
-            v.set_issuer(&[iss]);
-            required.insert("iss".into());
-        }
-        if auth.audience.is_empty() {
-            v.validate_aud = false;
-        } else {
-            v.set_audience(&auth.audience);
-            required.insert("aud".into());
-        }
-        v.required_spec_claims = required;
-        let validations = auth
-            .algorithms
-            .iter()
-            .map(|alg| {
-                let mut one = v.clone();
-                one.algorithms = vec![*alg];
-                (*alg, one)
-            })
-            .collect();
-        let leeway = auth.leeway.as_secs();
-        let cache = Cache::builder()
-            .max_capacity(auth.cache_capacity)
-            .expire_after(ExpireAtExp { leeway })
-            .build();
         Verifier {
             keys: RwLock::new(Arc::new(keys)),
-            validations,
-            leeway,
+            algorithms: auth.algorithms.clone(),
+            issuer: auth.issuer.clone(),
+            audience: auth.audience.clone(),
+            leeway: auth.leeway.as_secs(),
             max_token_bytes: auth.max_token_bytes,
-            issuer_required: auth.issuer.is_some(),
             required_claims: auth.required_claims.clone(),
             identity: identity.clone(),
-            cache,
-            expired: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(60))
-                .build(),
+            cache: TokenCache::new(auth.cache_capacity),
+            expired: TokenCache::new(EXPIRED_CAPACITY),
             kept_claims: Vec::new(),
             hits: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "hit"),
             misses: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "miss"),
@@ -165,27 +114,13 @@ impl Verifier {
         self
     }
 
-    fn slim(&self, v: &Verified) -> Arc<Verified> {
-        Arc::new(Verified {
-            sub: v.sub.clone(),
-            exp: v.exp,
-            claims: v
-                .claims
-                .iter()
-                .filter(|(k, _)| self.kept_claims.contains(k))
-                .map(|(k, val)| (k.clone(), val.clone()))
-                .collect(),
-            headers: v.headers.clone(),
-        })
-    }
-
     /// Swaps the key set (reload, JWKS refresh); cached verdicts made with old keys go.
     pub fn set_keys(&self, keys: KeySet) {
         if let Ok(mut k) = self.keys.write() {
             *k = Arc::new(keys);
         }
-        self.cache.invalidate_all();
-        self.expired.invalidate_all();
+        self.cache.clear();
+        self.expired.clear();
     }
 
     pub fn keys(&self) -> Arc<KeySet> {
@@ -196,7 +131,18 @@ impl Verifier {
     }
 
     pub fn cache_size(&self) -> u64 {
-        self.cache.entry_count()
+        self.cache.len() as u64
+    }
+
+    /// Drops expired entries from both caches; when many went, hands the memory back.
+    /// Returns how many went.
+    pub fn sweep(&self) -> usize {
+        let now = now_secs();
+        let removed = self.cache.sweep(now) + self.expired.sweep(now);
+        if removed >= 1024 {
+            super::cache::release_freed_memory();
+        }
+        removed
     }
 
     /// The full check, with the cache in front.
@@ -206,21 +152,24 @@ impl Verifier {
         }
         let key = hash_token(token);
         let now = now_secs();
-        if let Some(v) = self.cache.get(&key) {
-            if now <= v.exp + self.leeway {
-                self.hits.increment(1);
-                return Ok(Verdict::Valid(v));
-            }
+        if let Some(v) = self.cache.get(&key, now) {
+            self.hits.increment(1);
+            return Ok(Verdict::Valid(v));
         }
-        if let Some(v) = self.expired.get(&key) {
+        if let Some(v) = self.expired.get(&key, now) {
             self.hits.increment(1);
             return Ok(Verdict::Expired(v));
         }
         self.misses.increment(1);
         let verdict = self.verify_uncached(token, now)?;
         match &verdict {
-            Verdict::Valid(v) => self.cache.insert(key, self.slim(v)),
-            Verdict::Expired(v) => self.expired.insert(key, v.clone()),
+            Verdict::Valid(v) => {
+                self.cache
+                    .insert(key, v.clone(), v.exp.saturating_add(self.leeway), now)
+            }
+            Verdict::Expired(v) => self
+                .expired
+                .insert(key, v.clone(), now + EXPIRED_TTL_SECS, now),
         }
         Ok(verdict)
     }
@@ -230,54 +179,83 @@ impl Verifier {
         if token.len() > self.max_token_bytes {
             return Err(VerifyError::Invalid("the access token is too large"));
         }
-        if token.bytes().filter(|b| *b == b'.').count() != 2 {
+        let mut parts = token.split('.');
+        let (Some(head), Some(body), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(VerifyError::Invalid("the access token is not a signed JWT"));
-        }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| VerifyError::Invalid("the token header is malformed"))?;
-        if header.crit.is_some() {
+        };
+        // Each part is decoded once (jsonwebtoken's `decode` reads the header three times
+        // and the payload twice); the signature is checked before the payload is read.
+        let header =
+            JoseHeader::parse(head).ok_or(VerifyError::Invalid("the token header is malformed"))?;
+        if header.crit {
             // RFC 7515 §4.1.11: we understand no extensions, so any `crit` is fatal.
             return Err(VerifyError::Invalid(
                 "the token has critical header extensions",
             ));
         }
-        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
+        let alg = header.alg;
+        if !self.algorithms.contains(&alg) {
             return Err(VerifyError::Invalid("the token's algorithm is not allowed"));
-        };
+        }
         let keys = self.keys();
         if keys.is_empty() {
             return Err(VerifyError::NoKeys);
         }
-        let kid = header.kid.as_deref();
+        let signature = B64
+            .decode(sig)
+            .map_err(|_| VerifyError::Invalid("the access token is malformed"))?;
+        let signing_input = &token.as_bytes()[..head.len() + 1 + body.len()];
         let mut last = VerifyError::UnknownKid;
-        for k in keys.candidates(header.alg, kid) {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, validation) {
-                Ok(data) => return self.check_claims(data.claims, now),
-                Err(e) => {
-                    use jsonwebtoken::errors::ErrorKind as K;
-                    last = classify(&e);
-                    let key_level = matches!(
-                        e.kind(),
-                        K::InvalidSignature
-                            | K::InvalidAlgorithm
-                            | K::InvalidEcdsaKey
-                            | K::InvalidEddsaKey
-                            | K::InvalidRsaKey(_)
-                            | K::InvalidKeyFormat
-                    );
-                    // A claim failure after a good signature will not change with another key.
-                    if !key_level {
-                        break;
-                    }
+        for k in keys.candidates(alg, header.kid.as_deref()) {
+            let good = match &k.rsa {
+                Some(rsa) => rsa.verify(alg, signing_input, &signature),
+                // The family of the key was matched to the algorithm by `candidates`.
+                None => {
+                    jsonwebtoken::crypto::verify(sig, signing_input, &k.key, alg).unwrap_or(false)
                 }
+            };
+            if good {
+                let UniqueMap(claims) =
+                    b64_json(body).ok_or(VerifyError::Invalid("the access token is malformed"))?;
+                return self.check_claims(claims, now);
             }
+            last = VerifyError::Invalid("the token's signature is invalid");
         }
         Err(last)
     }
 
-    fn check_claims(&self, claims: Map<String, Value>, now: u64) -> Result<Verdict, VerifyError> {
-        if self.issuer_required && !matches!(claims.get("iss"), Some(Value::String(_))) {
-            return Err(VerifyError::Invalid("the token's issuer is not accepted"));
+    fn check_claims(
+        &self,
+        mut claims: Map<String, Value>,
+        now: u64,
+    ) -> Result<Verdict, VerifyError> {
+        const MISSING: VerifyError = VerifyError::Invalid("the token lacks a required claim");
+        if let Some(want) = &self.issuer {
+            match claims.get("iss") {
+                None | Some(Value::Null) => return Err(MISSING),
+                Some(Value::String(s)) if s == want => {}
+                Some(_) => return Err(VerifyError::Invalid("the token's issuer is not accepted")),
+            }
+        }
+        if !self.audience.is_empty() {
+            let ours = |v: &Value| {
+                v.as_str()
+                    .is_some_and(|s| self.audience.iter().any(|a| a == s))
+            };
+            let ok = match claims.get("aud") {
+                None | Some(Value::Null) => return Err(MISSING),
+                Some(v @ Value::String(_)) => ours(v),
+                // RFC 7519 §4.1.3: an array of strings, one of which must be ours.
+                Some(Value::Array(list)) => {
+                    list.iter().all(Value::is_string) && list.iter().any(ours)
+                }
+                Some(_) => false,
+            };
+            if !ok {
+                return Err(VerifyError::Invalid("the token's audience is not accepted"));
+            }
         }
         let exp = numeric_date(claims.get("exp"))
             .ok_or(VerifyError::Invalid("the token has no valid exp"))?;
@@ -301,13 +279,24 @@ impl Verifier {
             }
         }
         let headers = identity_headers(&self.identity, &sub, &claims)?;
+        let expired = now > exp + self.leeway;
+        if !expired {
+            // A valid token is cached until it expires: keep only the claims route rules
+            // read (its identity headers are built). An expired one keeps all of them, for
+            // the initiate body.
+            // A new map, not `retain`: an emptied BTreeMap keeps its ~600-byte node.
+            claims = std::mem::take(&mut claims)
+                .into_iter()
+                .filter(|(k, _)| self.kept_claims.contains(k))
+                .collect();
+        }
         let v = Arc::new(Verified {
             sub,
             exp,
             claims,
             headers,
         });
-        if now > exp + self.leeway {
+        if expired {
             Ok(Verdict::Expired(v))
         } else {
             Ok(Verdict::Valid(v))
@@ -327,17 +316,74 @@ fn numeric_date(v: Option<&Value>) -> Option<u64> {
     }
 }
 
-fn classify(e: &jsonwebtoken::errors::Error) -> VerifyError {
-    use jsonwebtoken::errors::ErrorKind as K;
-    VerifyError::Invalid(match e.kind() {
-        K::InvalidSignature => "the token's signature is invalid",
-        K::InvalidIssuer => "the token's issuer is not accepted",
-        K::InvalidAudience => "the token's audience is not accepted",
-        K::MissingRequiredClaim(_) => "the token lacks a required claim",
-        K::InvalidAlgorithm => "the token's algorithm does not fit the key",
-        K::InvalidClaimFormat(_) => "the token has a malformed claim",
-        _ => "the access token is malformed",
-    })
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// How long an expired-but-well-signed token's verdict is remembered, and how many.
+const EXPIRED_TTL_SECS: u64 = 60;
+const EXPIRED_CAPACITY: u64 = 10_000;
+
+/// The JOSE header fields we act on (RFC 7515 §4.1).
+struct JoseHeader {
+    /// Must name an algorithm jsonwebtoken knows: `none` and odd spellings do not parse.
+    alg: Algorithm,
+    kid: Option<String>,
+    /// Any `crit`: RFC 7515 §4.1.11 makes a token with extensions we do not understand
+    /// invalid, and we understand none.
+    crit: bool,
+}
+
+impl JoseHeader {
+    fn parse(part: &str) -> Option<JoseHeader> {
+        let UniqueMap(mut h) = b64_json(part)?;
+        let alg = match h.get("alg") {
+            Some(Value::String(s)) => s.parse().ok()?,
+            _ => return None,
+        };
+        let kid = match h.remove("kid") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return None,
+        };
+        let crit = !matches!(h.get("crit"), None | Some(Value::Null));
+        Some(JoseHeader { alg, kid, crit })
+    }
+}
+
+/// A JSON object whose member names are unique. RFC 7519 §4 lets a parser reject
+/// duplicates or take the last; rejecting means no two readers of a token can disagree
+/// about its `sub` or `exp`. Nesting is bounded by serde_json's recursion limit.
+struct UniqueMap(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = UniqueMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<UniqueMap, A::Error> {
+                let mut m = Map::new();
+                while let Some((k, v)) = a.next_entry::<String, Value>()? {
+                    if m.contains_key(&k) {
+                        return Err(serde::de::Error::custom("duplicate member"));
+                    }
+                    m.insert(k, v);
+                }
+                Ok(UniqueMap(m))
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+/// A base64url (no padding) JSON part of a compact JWS.
+fn b64_json<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
+    let raw = B64.decode(part).ok()?;
+    serde_json::from_slice(&raw).ok()
 }
 
 /// Header values from claims. A value that is not a valid header value (CR, LF, NUL,
