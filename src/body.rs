@@ -10,11 +10,14 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::pool::Lease;
+
 pin_project_lite::pin_project! {
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
-        /// Streamed from the backend, frame by frame (SSE, long polls, downloads).
-        Stream { #[pin] inner: Incoming },
+        /// Streamed from the backend, frame by frame (SSE, long polls, downloads). The
+        /// lease gives the backend connection back once the body has been read to its end.
+        Stream { #[pin] inner: Incoming, lease: Option<Lease> },
         /// Written by the sidecar (errors, admin endpoints).
         Full { #[pin] inner: Full<Bytes> },
     }
@@ -29,8 +32,12 @@ impl ProxyBody {
     pub fn empty() -> Self {
         Self::full(Bytes::new())
     }
-    pub fn stream(inner: Incoming) -> Self {
-        ProxyBody::Stream { inner }
+    pub fn stream(inner: Incoming, mut lease: Option<Lease>) -> Self {
+        if let Some(l) = &mut lease {
+            // No body at all (204, 304, HEAD, Content-Length: 0): free at once.
+            l.done = inner.is_end_stream();
+        }
+        ProxyBody::Stream { inner, lease }
     }
 }
 
@@ -43,7 +50,17 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            ProxyBodyProj::Stream { inner } => inner.poll_frame(cx),
+            ProxyBodyProj::Stream { mut inner, lease } => {
+                let polled = inner.as_mut().poll_frame(cx);
+                if let Some(l) = lease {
+                    l.done = match &polled {
+                        Poll::Ready(None) => true,
+                        Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
+                        _ => false,
+                    };
+                }
+                polled
+            }
             ProxyBodyProj::Full { inner } => match inner.poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
                 Poll::Ready(Some(Err(never))) => match never {},
@@ -55,14 +72,14 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Stream { inner } => inner.is_end_stream(),
+            ProxyBody::Stream { inner, .. } => inner.is_end_stream(),
             ProxyBody::Full { inner } => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Stream { inner } => inner.size_hint(),
+            ProxyBody::Stream { inner, .. } => inner.size_hint(),
             ProxyBody::Full { inner } => inner.size_hint(),
         }
     }

@@ -12,10 +12,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use std::sync::Arc;
+
 use crate::body::ProxyBody;
 use crate::config::Backend;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::pool::{H1Pool, PoolError};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -60,13 +63,21 @@ impl Drop for TunnelCount {
 /// The pooled backend client.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: BackendClient,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     host: HeaderValue,
     base_path: String,
     version: Version,
     response_timeout: Duration,
+}
+
+/// HTTP/1.1 backends get the purpose-built pool; HTTP/2 backends (one multiplexed
+/// connection) go through hyper-util's client.
+#[derive(Clone)]
+enum BackendClient {
+    H1(Arc<H1Pool>),
+    H2(Box<Client<HttpsConnector<HttpConnector>, Incoming>>),
 }
 
 /// Per-request facts the forwarder needs beyond the request itself.
@@ -93,18 +104,30 @@ impl Forwarder {
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
-        let connector = if cfg.http2 {
-            builder.enable_http2().wrap_connector(http)
+        let client = if cfg.http2 {
+            BackendClient::H2(Box::new(
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(cfg.pool_idle_timeout)
+                    .pool_max_idle_per_host(cfg.pool_max_idle)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .http2_only(true)
+                    .build(builder.enable_http2().wrap_connector(http)),
+            ))
         } else {
-            builder.enable_http1().wrap_connector(http)
+            let target = Uri::builder()
+                .scheme(cfg.scheme.clone())
+                .authority(cfg.authority.clone())
+                .path_and_query("/")
+                .build()
+                .unwrap_or_default();
+            BackendClient::H1(Arc::new(H1Pool::new(
+                builder.enable_http1().wrap_connector(http),
+                target,
+                cfg.pool_max_idle,
+                cfg.pool_idle_timeout,
+            )))
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(cfg.http2)
-            .build(connector);
         Forwarder {
             client,
             host: HeaderValue::from_str(cfg.authority.as_str())
@@ -151,17 +174,36 @@ impl Forwarder {
                 HeaderValue::from_static(if hop.tls { "https" } else { "http" }),
             );
         }
-        *req.uri_mut() = self.uri(hop.path, hop.query)?;
-        *req.version_mut() = if hop.upgrade {
-            Version::HTTP_11
-        } else {
-            self.version
-        };
-
+        let pq = self.path_and_query(hop.path, hop.query)?;
         let started = std::time::Instant::now();
-        let sent = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
+        let sent = match &self.client {
+            BackendClient::H1(pool) => {
+                // HTTP/1.1 to an origin server: origin-form target (RFC 9112 §3.2.1).
+                *req.uri_mut() = Uri::from(pq);
+                *req.version_mut() = Version::HTTP_11;
+                tokio::time::timeout(self.response_timeout, pool.send(req))
+                    .await
+                    .map(|r| r.map(|(resp, lease)| (resp, Some(lease))))
+            }
+            BackendClient::H2(client) => {
+                *req.uri_mut() = self.absolute(pq)?;
+                *req.version_mut() = if hop.upgrade {
+                    Version::HTTP_11
+                } else {
+                    self.version
+                };
+                tokio::time::timeout(self.response_timeout, client.request(req))
+                    .await
+                    .map(|r| {
+                        r.map(|resp| (resp, None)).map_err(|e| {
+                            let connect = e.is_connect();
+                            PoolError::Connect(format!("{e} (connect: {connect})"))
+                        })
+                    })
+            }
+        };
         metrics.backend_latency(started.elapsed());
-        let mut resp = match sent {
+        let (mut resp, lease) = match sent {
             Err(_) => return Err(ProxyError::BackendTimeout),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, connect = e.is_connect(), "backend request failed");
@@ -186,18 +228,22 @@ impl Forwarder {
         }
         let (mut parts, body) = resp.into_parts();
         remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, ProxyBody::stream(body)))
+        Ok(Response::from_parts(parts, ProxyBody::stream(body, lease)))
     }
 
-    /// The backend URI: always the configured scheme and authority, never the request's.
-    fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    /// The backend's path and query: the configured base path, then the decided path.
+    fn path_and_query(&self, path: &str, query: Option<&str>) -> Result<PathAndQuery, ProxyError> {
         let pq = match query {
             Some(q) => format!("{}{}?{}", self.base_path, path, q),
             None if self.base_path.is_empty() => path.to_string(),
             None => format!("{}{}", self.base_path, path),
         };
-        let pq = PathAndQuery::try_from(pq)
-            .map_err(|_| ProxyError::InvalidRequest("the request target is malformed"))?;
+        PathAndQuery::try_from(pq)
+            .map_err(|_| ProxyError::InvalidRequest("the request target is malformed"))
+    }
+
+    /// An absolute URI: always the configured scheme and authority, never the request's.
+    fn absolute(&self, pq: PathAndQuery) -> Result<Uri, ProxyError> {
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())

@@ -1,0 +1,175 @@
+//! Keep-alive HTTP/1.1 connections to the one backend, for `forward`.
+//!
+//! hyper-util's general-purpose client keys its pool by scheme and authority (a SipHash
+//! per request), wraps every checkout in a pooled handle and spawns a task per response
+//! to notice when the connection is free again. With one backend none of that is needed:
+//! a LIFO stack of `hyper::client::conn::http1` senders (the warmest connection first),
+//! a connection handed back when its response body has been read to the end, and the
+//! stalest dropped once it has idled past `backend.pool_idle_timeout`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service;
+
+pub struct H1Pool {
+    connector: HttpsConnector<HttpConnector>,
+    /// `scheme://authority/`: what the connector dials.
+    target: Uri,
+    idle: Mutex<VecDeque<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+struct Idle {
+    tx: SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Why a request did not reach the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+impl PoolError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, PoolError::Connect(_))
+    }
+}
+
+/// A connection in use. Dropped after the response body ended, it goes back to the pool;
+/// dropped before (client gone, body cut), the connection is closed with it.
+pub struct Lease {
+    tx: Option<SendRequest<Incoming>>,
+    pool: Arc<H1Pool>,
+    pub done: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let (true, Some(tx)) = (self.done, self.tx.take()) {
+            self.pool.put(tx);
+        }
+    }
+}
+
+impl H1Pool {
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        target: Uri,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> H1Pool {
+        H1Pool {
+            connector,
+            target,
+            idle: Mutex::new(VecDeque::new()),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// Sends the request (origin-form URI, Host set) on a pooled connection or a new one.
+    /// A pooled connection that turns out closed before the request was written is
+    /// skipped, so a backend's keep-alive timeout never becomes a 502.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Lease), PoolError> {
+        loop {
+            let (mut tx, reused) = match self.take() {
+                Some(tx) => (tx, true),
+                None => (self.connect().await?, false),
+            };
+            if let Err(e) = tx.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let lease = Lease {
+                        tx: Some(tx),
+                        pool: self.clone(),
+                        done: false,
+                    };
+                    return Ok((resp, lease));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) if reused => req = back,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    fn take(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.lock();
+        while let Some(i) = idle.pop_back() {
+            if !i.tx.is_closed() && i.since.elapsed() < self.idle_timeout {
+                return Some(i.tx);
+            }
+        }
+        None
+    }
+
+    fn put(&self, tx: SendRequest<Incoming>) {
+        if tx.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.lock();
+        // The oldest sit at the front: drop those idle too long (and any beyond the cap).
+        while idle
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) >= self.idle_timeout || i.tx.is_closed())
+        {
+            idle.pop_front();
+        }
+        if idle.len() < self.max_idle {
+            idle.push_back(Idle { tx, since: now });
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, PoolError> {
+        // The connector carries the connect timeout, TCP options and TLS (with ALPN
+        // http/1.1 for https backends).
+        let io = self
+            .connector
+            .clone()
+            .call(self.target.clone())
+            .await
+            .map_err(|e| PoolError::Connect(e.to_string()))?;
+        let (tx, conn) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            // Upgrades: a backend's 101 hands the socket over to the WebSocket tunnel.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "backend connection ended");
+            }
+        });
+        Ok(tx)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        match self.idle.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Idle connections held now (for tests and metrics).
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+}
