@@ -42,9 +42,10 @@ pub struct VerifyKey {
     /// Set when the key (a JWK's `alg`) is bound to one algorithm.
     pub alg: Option<Algorithm>,
     pub key: DecodingKey,
-    /// RSA keys parsed once, for each RSA algorithm: jsonwebtoken rebuilds the key from
-    /// its bytes on every verification, about a tenth of an RS256 check.
-    pub rsa: Option<Arc<RsaParsed>>,
+    /// Public keys parsed once by aws-lc-rs (the provider jsonwebtoken uses too), for
+    /// each algorithm of their family: jsonwebtoken rebuilds the key from its bytes on
+    /// every verification, a tenth of an RS256 check and a third of an ES256 one.
+    pub parsed: Option<Arc<ParsedKey>>,
 }
 
 impl VerifyKey {
@@ -54,69 +55,83 @@ impl VerifyKey {
         alg: Option<Algorithm>,
         key: DecodingKey,
     ) -> VerifyKey {
-        let rsa = (family == Family::Rsa)
-            .then(|| RsaParsed::new(&key))
-            .flatten()
-            .map(Arc::new);
+        let parsed = ParsedKey::new(family, &key).map(Arc::new);
         VerifyKey {
             kid,
             family,
             alg,
             key,
-            rsa,
+            parsed,
         }
     }
 }
 
-/// One RSA public key, parsed by aws-lc-rs (the provider jsonwebtoken uses too) for
-/// RS256/384/512 and PS256/384/512.
-pub struct RsaParsed([ParsedPublicKey; 6]);
+/// One public key, ready to verify, for each algorithm it fits.
+pub struct ParsedKey(Vec<(Algorithm, ParsedPublicKey)>);
 
-const RSA_ALGS: [Algorithm; 6] = [
+fn params(alg: Algorithm) -> Option<&'static dyn sig::VerificationAlgorithm> {
+    Some(match alg {
+        Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &sig::ED25519,
+        other => rsa_params(other)?,
+    })
+}
+
+fn rsa_params(alg: Algorithm) -> Option<&'static RsaParameters> {
+    Some(match alg {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
+}
+
+const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,
     Algorithm::PS256,
     Algorithm::PS384,
     Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
 ];
 
-fn rsa_params(alg: Algorithm) -> &'static RsaParameters {
-    match alg {
-        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
-        _ => &sig::RSA_PKCS1_2048_8192_SHA256,
-    }
-}
-
-impl RsaParsed {
-    /// None when aws-lc-rs cannot parse the key (jsonwebtoken's path is then used).
-    fn new(key: &DecodingKey) -> Option<RsaParsed> {
-        let one = |alg| -> Option<ParsedPublicKey> {
-            let params = rsa_params(alg);
+impl ParsedKey {
+    /// None for HMAC keys and for keys aws-lc-rs cannot parse (jsonwebtoken's path is
+    /// then used). An EC key parses only for its own curve's algorithm.
+    fn new(fam: Family, key: &DecodingKey) -> Option<ParsedKey> {
+        let parse = |alg: Algorithm| -> Option<ParsedPublicKey> {
             match key.kind() {
-                DecodingKeyKind::SecretOrDer(der) => ParsedPublicKey::new(params, der).ok(),
+                DecodingKeyKind::SecretOrDer(bytes) => {
+                    ParsedPublicKey::new(params(alg)?, bytes).ok()
+                }
                 DecodingKeyKind::RsaModulusExponent { n, e } => RsaPublicKeyComponents {
                     n: n.as_slice(),
                     e: e.as_slice(),
                 }
-                .to_parsed_public_key(params)
+                .to_parsed_public_key(rsa_params(alg)?)
                 .ok(),
             }
         };
-        let [a, b, c, d, e, f] = RSA_ALGS.map(one);
-        Some(RsaParsed([a?, b?, c?, d?, e?, f?]))
+        let list: Vec<_> = ASYMMETRIC
+            .iter()
+            .filter(|a| family(**a) == fam)
+            .filter_map(|a| Some((*a, parse(*a)?)))
+            .collect();
+        (!list.is_empty()).then_some(ParsedKey(list))
     }
 
-    /// Checks a signature over the JWS signing input; the algorithm must be an RSA one.
-    pub fn verify(&self, alg: Algorithm, msg: &[u8], signature: &[u8]) -> bool {
-        RSA_ALGS
-            .iter()
-            .position(|a| *a == alg)
-            .is_some_and(|i| self.0[i].verify_sig(msg, signature).is_ok())
+    /// Checks a signature over the JWS signing input; None when this key has no parsed
+    /// form for `alg` (the caller falls back to jsonwebtoken, which then refuses).
+    pub fn verify(&self, alg: Algorithm, msg: &[u8], signature: &[u8]) -> Option<bool> {
+        let (_, k) = self.0.iter().find(|(a, _)| *a == alg)?;
+        Some(k.verify_sig(msg, signature).is_ok())
     }
 }
 

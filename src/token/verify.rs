@@ -209,9 +209,10 @@ impl Verifier {
         let signing_input = &token.as_bytes()[..head.len() + 1 + body.len()];
         let mut last = VerifyError::UnknownKid;
         for k in keys.candidates(alg, header.kid.as_deref()) {
-            let good = match &k.rsa {
-                Some(rsa) => rsa.verify(alg, signing_input, &signature),
-                // The family of the key was matched to the algorithm by `candidates`.
+            // The family of the key was matched to the algorithm by `candidates`.
+            let parsed = k.parsed.as_ref();
+            let good = match parsed.and_then(|p| p.verify(alg, signing_input, &signature)) {
+                Some(good) => good,
                 None => {
                     jsonwebtoken::crypto::verify(sig, signing_input, &k.key, alg).unwrap_or(false)
                 }
