@@ -152,8 +152,9 @@ pub enum Source {
 
 /// A bearer token found in the request.
 #[derive(Debug, Clone)]
-pub struct Credential {
-    pub token: String,
+pub struct Credential<'a> {
+    /// Borrowed from the request where it can be (the common case: no copy per request).
+    pub token: std::borrow::Cow<'a, str>,
     pub source: Source,
 }
 
@@ -178,13 +179,13 @@ pub fn header_has_token(h: &HeaderMap, name: header::HeaderName, token: &str) ->
 
 /// Finds the one access token in a request. Two tokens (two Authorization headers, or a
 /// header and a cookie) are refused: which one would the backend believe?
-pub fn extract(
-    parts: &Parts,
-    auth: &Auth,
+pub fn extract<'a>(
+    parts: &'a Parts,
+    auth: &'a Auth,
     upgrade: bool,
-) -> Result<Option<Credential>, ProxyError> {
-    let mut found: Option<Credential> = None;
-    let mut put = |c: Credential| {
+) -> Result<Option<Credential<'a>>, ProxyError> {
+    let mut found: Option<Credential<'a>> = None;
+    let mut put = |c: Credential<'a>| {
         if found.is_some() {
             return Err(ProxyError::InvalidRequest(
                 "credentials were sent more than once",
@@ -204,7 +205,7 @@ pub fn extract(
         // answers it like a request without a token.
         if let Some(t) = bearer(v)? {
             put(Credential {
-                token: t.to_string(),
+                token: t.into(),
                 source: Source::Authorization,
             })?;
         }
@@ -218,7 +219,7 @@ pub fn extract(
                 ));
             }
             put(Credential {
-                token: check_token_chars(t)?.to_string(),
+                token: check_token_chars(t)?.into(),
                 source: Source::Cookie,
             })?;
         }
@@ -233,7 +234,7 @@ pub fn extract(
                     ));
                 }
                 put(Credential {
-                    token: check_token_chars(&t)?.to_string(),
+                    token: check_token_chars(&t)?.to_string().into(),
                     source: Source::Query,
                 })?;
             }
@@ -241,7 +242,7 @@ pub fn extract(
         if let Some(prefix) = &auth.websocket_protocol_prefix {
             if let Some(t) = protocol_token(&parts.headers, prefix) {
                 put(Credential {
-                    token: check_token_chars(t)?.to_string(),
+                    token: check_token_chars(t)?.into(),
                     source: Source::WebSocketProtocol,
                 })?;
             }
