@@ -75,7 +75,8 @@ pub async fn handle(
 
     // Every line logged while handling the request carries its id (the span is at
     // error level so it exists whenever any logging is on).
-    let span = tracing::error_span!("request", request_id = request_id.to_str().unwrap_or(""));
+    // Recorded with Display: the ids are plain tokens, and str's Debug escapes char by char.
+    let span = tracing::error_span!("request", request_id = %request_id.to_str().unwrap_or(""));
     let result = run(
         &state,
         &mut parts,
