@@ -9,7 +9,7 @@
 #   3. sends every token at least once (wrk + distinct.lua, c=CONNS, bounded by
 #      MEM_LOAD_S) and records RSS and the cache's entry count;
 #   4. waits until the tokens have expired, sends a little traffic with one long-lived
-#      token (moka evicts lazily, on cache activity), waits SETTLE_S, and records RSS
+#      token, waits SETTLE_S (the sidecar sweeps every 5 s), and records RSS
 #      and the entry count again (twice, SETTLE_S apart).
 #
 #   benches/memory.sh                      # ~1 min
@@ -81,7 +81,7 @@ log "loaded: ${REQS:-?} requests (non-2xx ${NON2XX:-0}), verify misses $MISSES, 
 
 wait_s=$((EXP - $(date +%s) + 1))
 ((wait_s > 0)) && { log "waiting ${wait_s}s for the tokens to expire"; sleep "$wait_s"; }
-# moka evicts expired entries during maintenance, which cache activity triggers.
+# Traffic after expiry: the cache must shrink while it is being used, too.
 timeout 10 wrk -t1 -c4 -d1s -H "Authorization: Bearer $LONG" "http://127.0.0.1:$SIDECAR_PORT/" >/dev/null 2>&1
 sleep "$SETTLE_S"
 timeout 10 wrk -t1 -c4 -d1s -H "Authorization: Bearer $LONG" "http://127.0.0.1:$SIDECAR_PORT/" >/dev/null 2>&1

@@ -27,6 +27,7 @@
 //! | HERD_ALGS | "HS256 RS256" | access-token algorithms (keys from tests/fixtures) |
 //! | HERD_WORKERS | 1 | the sidecar's server.worker_threads |
 //! | HERD_BACKEND | h1 | sidecar -> backend protocol: h1 (default config) or h2 (backend.http2) |
+//! | HERD_MAX_CONNS | (default 4096) | the sidecar's backend.max_connections (HTTP/1.1 backend) |
 //! | HERD_BASELINE | 1 | also run the valid-token baseline herd |
 //! | HERD_EXPIRED_AGO_S | 2 | how long ago the shared access token expired (minted per round) |
 //!
@@ -74,6 +75,8 @@ struct Params {
     algs: Vec<Algorithm>,
     workers: usize,
     backend_h2: bool,
+    /// backend.max_connections (0: the sidecar's default).
+    max_conns: usize,
     baseline: bool,
     expired_ago: u64,
 }
@@ -95,6 +98,7 @@ fn params() -> Params {
             .collect(),
         workers: env_or("HERD_WORKERS", 1),
         backend_h2: std::env::var("HERD_BACKEND").is_ok_and(|v| v == "h2"),
+        max_conns: env_or("HERD_MAX_CONNS", 0),
         baseline: env_or("HERD_BASELINE", 1) == 1,
         expired_ago: env_or("HERD_EXPIRED_AGO_S", 2),
     }
@@ -263,6 +267,7 @@ max_connections = 30000
 [backend]
 url = "http://{backend}"
 http2 = {h2}
+{max_conns}
 
 [auth]
 {keys}
@@ -279,6 +284,11 @@ level = "warn"
 "#,
         workers = p.workers,
         h2 = p.backend_h2,
+        max_conns = if p.max_conns > 0 {
+            format!("max_connections = {}", p.max_conns)
+        } else {
+            String::new()
+        },
     );
     let cfg = dir.path().join("sidecar.toml");
     std::fs::write(&cfg, text).expect("write config");

@@ -145,6 +145,7 @@ pub struct BackendRaw {
     pub response_timeout: String,
     pub pool_idle_timeout: String,
     pub pool_max_idle: usize,
+    pub max_connections: usize,
     pub http2: bool,
     pub ca_file: Option<PathBuf>,
     pub client_cert_file: Option<PathBuf>,
@@ -159,6 +160,7 @@ impl Default for BackendRaw {
             response_timeout: "60s".into(),
             pool_idle_timeout: "90s".into(),
             pool_max_idle: 256,
+            max_connections: 4096,
             http2: false,
             ca_file: None,
             client_cert_file: None,
@@ -527,6 +529,8 @@ pub struct Backend {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    /// HTTP/1.1 connections open to the backend at once; requests beyond wait for one.
+    pub max_connections: usize,
     pub http2: bool,
     pub tls: ClientTls,
 }
@@ -1060,6 +1064,9 @@ fn validate_backend(c: &mut Checker<'_>, b: &BackendRaw) -> Option<Backend> {
         c.fail("backend timeouts must be greater than zero".into());
     }
     let pool_idle_timeout = c.duration("backend.pool_idle_timeout", &b.pool_idle_timeout);
+    if b.max_connections == 0 {
+        c.fail("backend.max_connections must be at least 1".into());
+    }
     Some(Backend {
         scheme: uri.scheme()?.clone(),
         authority: uri.authority()?.clone(),
@@ -1069,6 +1076,7 @@ fn validate_backend(c: &mut Checker<'_>, b: &BackendRaw) -> Option<Backend> {
         response_timeout,
         pool_idle_timeout,
         pool_max_idle: b.pool_max_idle,
+        max_connections: b.max_connections,
         http2: b.http2,
         tls: ClientTls {
             ca_file: b.ca_file.clone(),

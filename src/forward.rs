@@ -126,6 +126,7 @@ impl Forwarder {
                 target,
                 cfg.pool_max_idle,
                 cfg.pool_idle_timeout,
+                cfg.max_connections,
             )))
         };
         Forwarder {

@@ -5,7 +5,10 @@
 //! to notice when the connection is free again. With one backend none of that is needed:
 //! a LIFO stack of `hyper::client::conn::http1` senders (the warmest connection first),
 //! a connection handed back when its response body has been read to the end, and the
-//! stalest dropped once it has idled past `backend.pool_idle_timeout`.
+//! stalest dropped once it has idled past `backend.pool_idle_timeout`. At most
+//! `backend.max_connections` are open at once: a herd of requests waits for a connection
+//! to come back instead of opening thousands (each wait is bounded by the response
+//! timeout around the whole exchange).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -16,6 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 pub struct H1Pool {
@@ -25,6 +29,22 @@ pub struct H1Pool {
     idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// One permit per open connection.
+    slots: Arc<Semaphore>,
+    /// Signalled when a connection comes back or closes: a waiting request looks again.
+    freed: Arc<Notify>,
+}
+
+/// Held by a connection's task for as long as the connection is open.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.freed.notify_one();
+    }
 }
 
 struct Idle {
@@ -69,6 +89,7 @@ impl H1Pool {
         target: Uri,
         max_idle: usize,
         idle_timeout: Duration,
+        max_connections: usize,
     ) -> H1Pool {
         H1Pool {
             connector,
@@ -76,6 +97,8 @@ impl H1Pool {
             idle: Mutex::new(VecDeque::new()),
             max_idle,
             idle_timeout,
+            slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            freed: Arc::new(Notify::new()),
         }
     }
 
@@ -87,10 +110,7 @@ impl H1Pool {
         mut req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Lease), PoolError> {
         loop {
-            let (mut tx, reused) = match self.take() {
-                Some(tx) => (tx, true),
-                None => (self.connect().await?, false),
-            };
+            let (mut tx, reused) = self.checkout().await?;
             if let Err(e) = tx.ready().await {
                 if reused {
                     continue;
@@ -112,6 +132,39 @@ impl H1Pool {
                 },
             }
         }
+    }
+
+    /// A pooled connection (true), or a new one when fewer than `max_connections` are
+    /// open (false); otherwise waits until one comes back or closes.
+    async fn checkout(&self) -> Result<(SendRequest<Incoming>, bool), PoolError> {
+        loop {
+            if let Some(tx) = self.take() {
+                return Ok((tx, true));
+            }
+            if let Some(slot) = self.try_slot() {
+                return Ok((self.connect(slot).await?, false));
+            }
+            // Register interest, then look once more: a connection that came back between
+            // the first look and now is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(tx) = self.take() {
+                return Ok((tx, true));
+            }
+            if let Some(slot) = self.try_slot() {
+                return Ok((self.connect(slot).await?, false));
+            }
+            freed.await;
+        }
+    }
+
+    fn try_slot(&self) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(Slot {
+            _permit: permit,
+            freed: self.freed.clone(),
+        })
     }
 
     fn take(&self) -> Option<SendRequest<Incoming>> {
@@ -139,10 +192,12 @@ impl H1Pool {
         }
         if idle.len() < self.max_idle {
             idle.push_back(Idle { tx, since: now });
+            drop(idle);
+            self.freed.notify_one();
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, PoolError> {
+    async fn connect(&self, slot: Slot) -> Result<SendRequest<Incoming>, PoolError> {
         // The connector carries the connect timeout, TCP options and TLS (with ALPN
         // http/1.1 for https backends).
         let io = self
@@ -153,10 +208,12 @@ impl H1Pool {
             .map_err(|e| PoolError::Connect(e.to_string()))?;
         let (tx, conn) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {
-            // Upgrades: a backend's 101 hands the socket over to the WebSocket tunnel.
+            // Upgrades: a backend's 101 hands the socket over to the WebSocket tunnel
+            // (which then no longer counts against max_connections).
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "backend connection ended");
             }
+            drop(slot);
         });
         Ok(tx)
     }

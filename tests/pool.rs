@@ -29,6 +29,8 @@ struct CountingBackend {
     addr: std::net::SocketAddr,
     accepted: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
+    /// The most connections open at once.
+    peak: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
 }
 
@@ -39,11 +41,18 @@ impl CountingBackend {
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (a, o, r) = (accepted.clone(), open.clone(), requests.clone());
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (a, o, r, p) = (
+            accepted.clone(),
+            open.clone(),
+            requests.clone(),
+            peak.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 a.fetch_add(1, Ordering::SeqCst);
-                o.fetch_add(1, Ordering::SeqCst);
+                let now_open = o.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now_open, Ordering::SeqCst);
                 let (o, r) = (o.clone(), r.clone());
                 tokio::spawn(async move {
                     serve(s, mode, &r).await;
@@ -55,6 +64,7 @@ impl CountingBackend {
             addr,
             accepted,
             open,
+            peak,
             requests,
         }
     }
@@ -67,6 +77,9 @@ impl CountingBackend {
     }
     fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
     }
     fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
@@ -272,6 +285,79 @@ async fn a_client_leaving_mid_body_does_not_poison_the_pool() {
         }
         assert_eq!(b.requests(), 11);
         assert!(b.accepted() >= 2, "the abandoned connection was reused");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_herd_waits_for_max_connections_instead_of_opening_one_each() {
+    bounded(async {
+        let b = CountingBackend::start(Mode::KeepAlive).await;
+        let sc = Sidecar::start(&Cfg::new(&b.url()).backend("max_connections", "3")).await;
+        let t = token();
+        let herd: Vec<_> = (0..60)
+            .map(|i| {
+                let (url, t) = (sc.url(&format!("/h{i}")), t.clone());
+                tokio::spawn(async move {
+                    let r = client().get(url).bearer_auth(t).send().await;
+                    r.map(|r| r.status().as_u16()).unwrap_or(0)
+                })
+            })
+            .collect();
+        for h in herd {
+            assert_eq!(h.await.expect("task"), 200);
+        }
+        assert_eq!(b.requests(), 60);
+        assert!(
+            b.peak() <= 3,
+            "{} backend connections at once (max 3)",
+            b.peak()
+        );
+        assert!(
+            b.accepted() <= 3,
+            "{} connections opened (max 3)",
+            b.accepted()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn waiting_for_a_connection_is_bounded_by_the_response_timeout() {
+    bounded(async {
+        // One connection, held by a slow download: the next request waits, and gets a
+        // 504 at the response timeout rather than hanging or opening a second one.
+        let b = CountingBackend::start(Mode::SlowBody).await;
+        let sc = Sidecar::start(
+            &Cfg::new(&b.url())
+                .backend("max_connections", "1")
+                .backend("response_timeout", &q("500ms")),
+        )
+        .await;
+        let t = token();
+        let slow = {
+            let (url, t) = (sc.url("/slow"), t.clone());
+            tokio::spawn(async move {
+                let r = client().get(url).bearer_auth(t).send().await.expect("slow");
+                r.bytes().await.map(|b| b.len()).unwrap_or(0)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = client()
+            .get(sc.url("/queued"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .expect("queued");
+        assert_eq!(r.status().as_u16(), 504);
+        assert_eq!(
+            slow.await.expect("task"),
+            65536,
+            "the slow download was cut"
+        );
+        assert_eq!(b.peak(), 1);
+        // Once the connection is free again, requests flow.
+        get_ok(&sc, "/after", &t).await;
     })
     .await;
 }
