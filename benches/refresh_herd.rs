@@ -27,7 +27,7 @@
 //! | HERD_ALGS | "HS256 RS256" | access-token algorithms (keys from tests/fixtures) |
 //! | HERD_WORKERS | 1 | the sidecar's server.worker_threads |
 //! | HERD_BACKEND | h1 | sidecar -> backend protocol: h1 (default config) or h2 (backend.http2) |
-//! | HERD_MAX_CONNS | (default 4096) | the sidecar's backend.max_connections (HTTP/1.1 backend) |
+//! | HERD_MAX_CONNS | (default 1024) | the sidecar's backend.max_connections (HTTP/1.1 backend) |
 //! | HERD_BASELINE | 1 | also run the valid-token baseline herd |
 //! | HERD_EXPIRED_AGO_S | 2 | how long ago the shared access token expired (minted per round) |
 //!

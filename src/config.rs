@@ -160,7 +160,7 @@ impl Default for BackendRaw {
             response_timeout: "60s".into(),
             pool_idle_timeout: "90s".into(),
             pool_max_idle: 256,
-            max_connections: 4096,
+            max_connections: 1024,
             http2: false,
             ca_file: None,
             client_cert_file: None,

@@ -6,9 +6,11 @@
 //! a LIFO stack of `hyper::client::conn::http1` senders (the warmest connection first),
 //! a connection handed back when its response body has been read to the end, and the
 //! stalest dropped once it has idled past `backend.pool_idle_timeout`. At most
-//! `backend.max_connections` are open at once: a herd of requests waits for a connection
-//! to come back instead of opening thousands (each wait is bounded by the response
-//! timeout around the whole exchange).
+//! `backend.max_connections` are open at once, and at most `MAX_DIALING` are being
+//! opened at once: a herd of requests mostly waits for a connection to come back instead
+//! of opening thousands in the same millisecond, which overflows a backend's accept
+//! queue (dropped SYNs are retried after a second, past the connect timeout: 502s).
+//! Each wait is bounded by the response timeout around the whole exchange.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -31,8 +33,25 @@ pub struct H1Pool {
     idle_timeout: Duration,
     /// One permit per open connection.
     slots: Arc<Semaphore>,
+    /// One permit per connection being opened.
+    dialing: Arc<Semaphore>,
     /// Signalled when a connection comes back or closes: a waiting request looks again.
     freed: Arc<Notify>,
+}
+
+/// Connection attempts in flight at once.
+const MAX_DIALING: usize = 32;
+
+/// Held while a connection is being opened.
+struct Dial {
+    _permit: OwnedSemaphorePermit,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Dial {
+    fn drop(&mut self) {
+        self.freed.notify_one();
+    }
 }
 
 /// Held by a connection's task for as long as the connection is open.
@@ -98,6 +117,7 @@ impl H1Pool {
             max_idle,
             idle_timeout,
             slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            dialing: Arc::new(Semaphore::new(MAX_DIALING)),
             freed: Arc::new(Notify::new()),
         }
     }
@@ -141,8 +161,8 @@ impl H1Pool {
             if let Some(tx) = self.take() {
                 return Ok((tx, true));
             }
-            if let Some(slot) = self.try_slot() {
-                return Ok((self.connect(slot).await?, false));
+            if let Some((slot, dial)) = self.try_slot() {
+                return Ok((self.connect(slot, dial).await?, false));
             }
             // Register interest, then look once more: a connection that came back between
             // the first look and now is not missed.
@@ -152,19 +172,30 @@ impl H1Pool {
             if let Some(tx) = self.take() {
                 return Ok((tx, true));
             }
-            if let Some(slot) = self.try_slot() {
-                return Ok((self.connect(slot).await?, false));
+            if let Some((slot, dial)) = self.try_slot() {
+                return Ok((self.connect(slot, dial).await?, false));
             }
             freed.await;
         }
     }
 
-    fn try_slot(&self) -> Option<Slot> {
-        let permit = self.slots.clone().try_acquire_owned().ok()?;
-        Some(Slot {
-            _permit: permit,
-            freed: self.freed.clone(),
-        })
+    /// Both permits, or neither. Only whole guards signal `freed` when dropped: a slot
+    /// given back here because every dial permit was taken needs no signal (each of those
+    /// dials signals when it ends), and signalling it would wake this very task in a loop.
+    fn try_slot(&self) -> Option<(Slot, Dial)> {
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        let dial = self.dialing.clone().try_acquire_owned().ok()?;
+        let freed = self.freed.clone();
+        Some((
+            Slot {
+                _permit: slot,
+                freed: freed.clone(),
+            },
+            Dial {
+                _permit: dial,
+                freed,
+            },
+        ))
     }
 
     fn take(&self) -> Option<SendRequest<Incoming>> {
@@ -197,7 +228,7 @@ impl H1Pool {
         }
     }
 
-    async fn connect(&self, slot: Slot) -> Result<SendRequest<Incoming>, PoolError> {
+    async fn connect(&self, slot: Slot, dial: Dial) -> Result<SendRequest<Incoming>, PoolError> {
         // The connector carries the connect timeout, TCP options and TLS (with ALPN
         // http/1.1 for https backends).
         let io = self
@@ -207,6 +238,7 @@ impl H1Pool {
             .await
             .map_err(|e| PoolError::Connect(e.to_string()))?;
         let (tx, conn) = http1::Builder::new().handshake(io).await?;
+        drop(dial);
         tokio::spawn(async move {
             // Upgrades: a backend's 101 hands the socket over to the WebSocket tunnel
             // (which then no longer counts against max_connections).
