@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let (parts, ()) = req.into_parts();
     if let Ok(Some(c)) = extract(&parts, auth(), upgrade) {
-        let t = c.token.as_str();
+        let t: &str = &c.token;
         assert!(!t.is_empty());
         assert!(t.len() <= auth().max_token_bytes, "{} bytes", t.len());
         let body = t.trim_end_matches('=');
