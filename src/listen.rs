@@ -103,6 +103,7 @@ fn builder(s: &Server) -> auto::Builder<TokioExecutor> {
         h1.timer(TokioTimer::new())
             .header_read_timeout(s.header_read_timeout)
             .max_buf_size(s.max_header_bytes.max(8192))
+            .writev(false)
             .keep_alive(true);
         if s.max_headers != 100 {
             // Non-default counts move header parsing to the heap; only pay when asked.

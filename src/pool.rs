@@ -237,7 +237,7 @@ impl H1Pool {
             .call(self.target.clone())
             .await
             .map_err(|e| PoolError::Connect(e.to_string()))?;
-        let (tx, conn) = http1::Builder::new().handshake(io).await?;
+        let (tx, conn) = http1::Builder::new().writev(false).handshake(io).await?;
         drop(dial);
         tokio::spawn(async move {
             // Upgrades: a backend's 101 hands the socket over to the WebSocket tunnel
