@@ -1115,6 +1115,57 @@ async fn introspection_checks_opaque_tokens_and_caches_the_answer() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tokens_leave_the_verify_cache_without_any_traffic() {
+    bounded(async {
+        let backend = Backend::start().await;
+        let sc = Sidecar::start(&Cfg::new(&backend.url()).auth("leeway", &q("0s"))).await;
+        let entries = |s: &[Sample]| metric(s, "auth_sidecar_verify_cache_entries", &[]);
+        // Five tokens that expire in 2 s, and one that lives on.
+        let c = client();
+        for i in 0..5 {
+            let t = mint(
+                Algorithm::HS256,
+                &claims_with(json!({ "sub": format!("short-{i}"), "exp": now() + 2 })),
+            );
+            let r = c
+                .get(sc.url("/x"))
+                .bearer_auth(&t)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status().as_u16(), 200);
+        }
+        let long = mint(Algorithm::HS256, &claims("long"));
+        let r = c
+            .get(sc.url("/x"))
+            .bearer_auth(&long)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), 200);
+        let (_, s) = scrape(&sc).await;
+        assert_eq!(entries(&s), Some(6.0));
+        // No request from here on: the 5 s sweeper alone must drop the expired five.
+        let swept = eventually(
+            Duration::from_secs(15),
+            Duration::from_millis(250),
+            || async {
+                let (_, s) = scrape(&sc).await;
+                entries(&s) == Some(1.0)
+            },
+        )
+        .await;
+        let (_, s) = scrape(&sc).await;
+        assert!(
+            swept,
+            "cache entries after expiry, no traffic: {:?}",
+            entries(&s)
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_decisions_cache_hits_and_open_connections() {
     bounded(async {
         let backend = Backend::start().await;

@@ -79,11 +79,7 @@ impl<V: Clone> TokenCache<V> {
 
     fn shard(&self, key: &TokenHash) -> MutexGuard<'_, Shard<V>> {
         // Bytes 8.. pick the shard; bytes 0..8 are the table's hash.
-        let i = usize::from(key[8]) % self.shards.len();
-        match self.shards[i].lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        lock(&self.shards[usize::from(key[8]) % self.shards.len()])
     }
 
     /// The value, while `now` (seconds) has not passed its deadline.
@@ -121,10 +117,7 @@ impl<V: Clone> TokenCache<V> {
     pub fn sweep(&self, now: u64) -> usize {
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let mut s = match shard.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+            let mut s = lock(shard);
             let before = s.map.len();
             s.map.retain(|_, (u, _)| now <= *u);
             removed += before - s.map.len();
@@ -137,26 +130,25 @@ impl<V: Clone> TokenCache<V> {
 
     pub fn clear(&self) {
         for shard in self.shards.iter() {
-            let mut s = match shard.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            s.map = HashMap::default();
+            lock(shard).map = HashMap::default();
         }
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| match s.lock() {
-                Ok(g) => g.map.len(),
-                Err(p) => p.into_inner().map.len(),
-            })
-            .sum()
+        self.shards.iter().map(|s| lock(s).map.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A shard's lock; a panic elsewhere while holding it leaves a usable map (entries are
+/// written whole), so poisoning is not an error here.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
