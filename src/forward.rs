@@ -2,6 +2,7 @@
 //! (RFC 9110 §7.6.1), `X-Forwarded-*` set, bodies streamed both ways, WebSocket
 //! upgrades tunnelled only when the backend agrees with a 101.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{PathAndQuery, Uri};
@@ -12,13 +13,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use std::sync::Arc;
-
 use crate::body::ProxyBody;
 use crate::config::Backend;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::pool::{H1Pool, PoolError};
+use crate::pool::H1Pool;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -68,7 +67,6 @@ pub struct Forwarder {
     authority: http::uri::Authority,
     host: HeaderValue,
     base_path: String,
-    version: Version,
     response_timeout: Duration,
 }
 
@@ -136,11 +134,6 @@ impl Forwarder {
             scheme: cfg.scheme.clone(),
             authority: cfg.authority.clone(),
             base_path: cfg.base_path.clone(),
-            version: if cfg.http2 {
-                Version::HTTP_2
-            } else {
-                Version::HTTP_11
-            },
             response_timeout: cfg.response_timeout,
         }
     }
@@ -177,41 +170,35 @@ impl Forwarder {
         }
         let pq = self.path_and_query(hop.path, hop.query)?;
         let started = std::time::Instant::now();
+        let limit = self.response_timeout;
         let sent = match &self.client {
             BackendClient::H1(pool) => {
                 // HTTP/1.1 to an origin server: origin-form target (RFC 9112 §3.2.1).
                 *req.uri_mut() = Uri::from(pq);
                 *req.version_mut() = Version::HTTP_11;
-                tokio::time::timeout(self.response_timeout, pool.send(req))
-                    .await
-                    .map(|r| r.map(|(resp, lease)| (resp, Some(lease))))
+                match tokio::time::timeout(limit, pool.send(req)).await {
+                    Err(_) => Err(ProxyError::BackendTimeout),
+                    Ok(Err(e)) => Err(unavailable(&e, e.is_connect())),
+                    Ok(Ok((resp, lease))) => Ok((resp, Some(lease))),
+                }
             }
             BackendClient::H2(client) => {
                 *req.uri_mut() = self.absolute(pq)?;
+                // A WebSocket upgrade is an HTTP/1.1 mechanism.
                 *req.version_mut() = if hop.upgrade {
                     Version::HTTP_11
                 } else {
-                    self.version
+                    Version::HTTP_2
                 };
-                tokio::time::timeout(self.response_timeout, client.request(req))
-                    .await
-                    .map(|r| {
-                        r.map(|resp| (resp, None)).map_err(|e| {
-                            let connect = e.is_connect();
-                            PoolError::Connect(format!("{e} (connect: {connect})"))
-                        })
-                    })
+                match tokio::time::timeout(limit, client.request(req)).await {
+                    Err(_) => Err(ProxyError::BackendTimeout),
+                    Ok(Err(e)) => Err(unavailable(&e, e.is_connect())),
+                    Ok(Ok(resp)) => Ok((resp, None)),
+                }
             }
         };
         metrics.backend_latency(started.elapsed());
-        let (mut resp, lease) = match sent {
-            Err(_) => return Err(ProxyError::BackendTimeout),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, connect = e.is_connect(), "backend request failed");
-                return Err(ProxyError::BackendUnavailable);
-            }
-            Ok(Ok(r)) => r,
-        };
+        let (mut resp, lease) = sent?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_side) = client_upgrade else {
                 tracing::warn!("backend switched protocols without being asked");
@@ -257,6 +244,12 @@ impl Forwarder {
     pub fn authority(&self) -> &http::uri::Authority {
         &self.authority
     }
+}
+
+/// Logs why the backend could not be reached (the client gets the plain 502).
+fn unavailable(e: &dyn std::fmt::Display, connect: bool) -> ProxyError {
+    tracing::warn!(error = %e, connect, "backend request failed");
+    ProxyError::BackendUnavailable
 }
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.

@@ -256,9 +256,4 @@ impl H1Pool {
             Err(p) => p.into_inner(),
         }
     }
-
-    /// Idle connections held now (for tests and metrics).
-    pub fn idle_count(&self) -> usize {
-        self.lock().len()
-    }
 }

@@ -142,6 +142,15 @@ async fn get_ok(sc: &Sidecar, path: &str, t: &str) {
     assert_eq!(status, 200, "{path}: {body}");
 }
 
+/// GET in a task of its own, for concurrent requests; its status (0 when it failed).
+fn spawn_get(sc: &Sidecar, path: &str, t: &str) -> tokio::task::JoinHandle<u16> {
+    let (url, t) = (sc.url(path), t.to_string());
+    tokio::spawn(async move {
+        let r = client().get(url).bearer_auth(t).send().await;
+        r.map(|r| r.status().as_u16()).unwrap_or(0)
+    })
+}
+
 #[tokio::test]
 async fn sequential_requests_reuse_one_backend_connection() {
     bounded(async {
@@ -194,13 +203,7 @@ async fn concurrent_bursts_are_served_and_idle_connections_are_capped() {
         let t = token();
         for _ in 0..3 {
             let burst: Vec<_> = (0..40)
-                .map(|i| {
-                    let (url, t) = (sc.url(&format!("/b{i}")), t.clone());
-                    tokio::spawn(async move {
-                        let r = client().get(url).bearer_auth(t).send().await;
-                        r.map(|r| r.status().as_u16()).unwrap_or(0)
-                    })
-                })
+                .map(|i| spawn_get(&sc, &format!("/b{i}"), &t))
                 .collect();
             for h in burst {
                 assert_eq!(h.await.expect("task"), 200);
@@ -296,13 +299,7 @@ async fn a_herd_waits_for_max_connections_instead_of_opening_one_each() {
         let sc = Sidecar::start(&Cfg::new(&b.url()).backend("max_connections", "3")).await;
         let t = token();
         let herd: Vec<_> = (0..60)
-            .map(|i| {
-                let (url, t) = (sc.url(&format!("/h{i}")), t.clone());
-                tokio::spawn(async move {
-                    let r = client().get(url).bearer_auth(t).send().await;
-                    r.map(|r| r.status().as_u16()).unwrap_or(0)
-                })
-            })
+            .map(|i| spawn_get(&sc, &format!("/h{i}"), &t))
             .collect();
         for h in herd {
             assert_eq!(h.await.expect("task"), 200);

@@ -271,14 +271,11 @@ impl Lifecycle {
         }
         let this = self.clone();
         let rt = refresh_token.to_string();
-        single_flight(async move {
-            (
-                this.refreshed
-                    .entry(key)
-                    .or_try_insert_with(this.call_refresh(rt))
-                    .await,
-                "refresh",
-            )
+        single_flight("refresh", async move {
+            this.refreshed
+                .entry(key)
+                .or_try_insert_with(this.call_refresh(rt))
+                .await
         })
         .await
     }
@@ -371,14 +368,11 @@ impl Lifecycle {
     async fn initiate(self: &Arc<Self>, subject: Subject) -> Result<Arc<Session>, Failure> {
         let this = self.clone();
         let key = subject.key.clone();
-        single_flight(async move {
-            (
-                this.initiated
-                    .entry(key)
-                    .or_try_insert_with(this.call_initiate(subject))
-                    .await,
-                "initiate",
-            )
+        single_flight("initiate", async move {
+            this.initiated
+                .entry(key)
+                .or_try_insert_with(this.call_initiate(subject))
+                .await
         })
         .await
     }
@@ -505,20 +499,15 @@ impl Lifecycle {
 
 /// Runs a moka single flight in its own task: a client that disconnects mid-call drops
 /// only its wait, never the call that others are waiting on. Counts coalesced waits.
-async fn single_flight<K, F>(flight: F) -> Result<Arc<Session>, Failure>
+async fn single_flight<K, F>(call: &'static str, flight: F) -> Result<Arc<Session>, Failure>
 where
     K: Send + Sync + 'static,
-    F: std::future::Future<
-            Output = (
-                Result<moka::Entry<K, Arc<Session>>, Arc<Failure>>,
-                &'static str,
-            ),
-        > + Send
+    F: std::future::Future<Output = Result<moka::Entry<K, Arc<Session>>, Arc<Failure>>>
+        + Send
         + 'static,
 {
     let task = tokio::spawn(async move {
-        let (entry, call) = flight.await;
-        match entry {
+        match flight.await {
             Ok(e) => {
                 if !e.is_fresh() {
                     metrics::counter!("auth_sidecar_coalesced_total", "call" => call).increment(1);

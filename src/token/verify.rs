@@ -350,9 +350,10 @@ impl JoseHeader {
     }
 }
 
-/// A JSON object whose member names are unique. RFC 7519 §4 lets a parser reject
-/// duplicates or take the last; rejecting means no two readers of a token can disagree
-/// about its `sub` or `exp`. Nesting is bounded by serde_json's recursion limit.
+/// A JSON object whose top-level member names are unique (the claims and header fields
+/// we read are all top-level). RFC 7519 §4 lets a parser reject duplicates or take the
+/// last; rejecting means no two readers of a token can disagree about its `sub` or `exp`.
+/// Nested objects keep serde_json's last-wins; nesting is bounded by its recursion limit.
 struct UniqueMap(Map<String, Value>);
 
 impl<'de> serde::Deserialize<'de> for UniqueMap {
