@@ -152,12 +152,17 @@ fn bench_extract(c: &mut Criterion) {
 fn bench_resolve_path(c: &mut Criterion) {
     let mut g = c.benchmark_group("resolve_path");
     g.bench_function("plain", |b| {
-        b.iter(|| decide::resolve_path(black_box("/api/v1/conversations/123/messages")).unwrap())
+        b.iter(|| {
+            auth_sidecar::path::resolve_path(black_box("/api/v1/conversations/123/messages"))
+                .unwrap()
+        })
     });
     g.bench_function("dot_segments_and_escapes", |b| {
         b.iter(|| {
-            decide::resolve_path(black_box("/api/v1/../v1/./conversations//123/%6Dessages"))
-                .unwrap()
+            auth_sidecar::path::resolve_path(black_box(
+                "/api/v1/../v1/./conversations//123/%6Dessages",
+            ))
+            .unwrap()
         })
     });
     g.finish();
@@ -244,7 +249,7 @@ fn bench_pipeline(c: &mut Criterion) {
             },
             |p: &mut Parts| {
                 stripper.strip(&mut p.headers);
-                let path = decide::resolve_path(p.uri.path()).unwrap();
+                let path = auth_sidecar::path::resolve_path(p.uri.path()).unwrap();
                 let cred = decide::extract(p, &cfg.auth, false).unwrap().unwrap();
                 let who = valid(v.verify(&cred.token));
                 inject::set_identity(&mut p.headers, &who);

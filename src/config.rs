@@ -1251,7 +1251,7 @@ fn validate_routes(c: &mut Checker<'_>, routes: &[RouteRaw]) -> Vec<Route> {
             ));
             continue;
         }
-        let prefix = match crate::decide::canonical_path(&r.prefix) {
+        let prefix = match crate::path::canonical_path(&r.prefix) {
             Ok(p) if p == r.prefix.trim_end_matches('/') || (p == "/" && r.prefix == "/") => p,
             _ => {
                 c.fail(format!(

@@ -21,6 +21,7 @@ pub mod inject;
 pub mod listen;
 pub mod metrics;
 pub mod outbound;
+pub mod path;
 pub mod pool;
 pub mod proxy;
 pub mod telemetry;

@@ -159,7 +159,7 @@ async fn run(
         .map(str::to_string);
     state.stripper.strip(&mut parts.headers);
 
-    let (canonical, forward_path) = decide::resolve_path(parts.uri.path())
+    let (canonical, forward_path) = crate::path::resolve_path(parts.uri.path())
         .map_err(|_| ProxyError::InvalidRequest("the request path is ambiguous or malformed"))?;
     if tracing::enabled!(target: "auth_sidecar::access", tracing::Level::INFO) {
         log_path.push_str(&canonical);

@@ -2,9 +2,8 @@
 //! the properties; this file pins the examples).
 
 use auth_sidecar::config::{Route, RouteMode};
-use auth_sidecar::decide::{
-    canonical_path, encode_path, mode_of, query_without, route_for, PathError,
-};
+use auth_sidecar::decide::{mode_of, query_without, route_for};
+use auth_sidecar::path::{canonical_path, encode_path, PathError};
 
 #[test]
 fn canonical_resolves_dots_and_merges_slashes() {

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use auth_sidecar::config::{Config, Route, RouteMode};
-use auth_sidecar::decide::{self, canonical_path, encode_path, resolve_path, route_for};
+use auth_sidecar::decide::{self, route_for};
 use auth_sidecar::inject::Stripper;
+use auth_sidecar::path::{canonical_path, encode_path, resolve_path};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use proptest::prelude::*;
 

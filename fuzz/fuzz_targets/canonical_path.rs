@@ -1,9 +1,9 @@
-//! `decide::canonical_path` / `resolve_path` on arbitrary paths. Properties: no panic;
+//! `path::canonical_path` / `resolve_path` on arbitrary paths. Properties: no panic;
 //! a canonical path is absolute, has no empty, `.`, `..`, control or `\` segment; and the
 //! path forwarded to the backend, read again the same way, gives the same decision path
 //! and the same forwarded bytes (the backend and the rule can never disagree).
 #![no_main]
-use auth_sidecar::decide::{canonical_path, resolve_path};
+use auth_sidecar::path::{canonical_path, resolve_path};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,8 @@
 //! once; it is kept as the regression check for that fix.
 #![no_main]
 use auth_sidecar::config::{Route, RouteMode};
-use auth_sidecar::decide::{resolve_path, route_for};
+use auth_sidecar::decide::route_for;
+use auth_sidecar::path::resolve_path;
 use libfuzzer_sys::fuzz_target;
 
 fn servlet_reading(fwd: &str) -> String {
