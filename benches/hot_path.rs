@@ -21,9 +21,10 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 
 use auth_sidecar::config::Config;
-use auth_sidecar::token::verify::{hash_token, now_secs};
+use auth_sidecar::inject;
+use auth_sidecar::token::cache::hash_token;
+use auth_sidecar::token::now_secs;
 use auth_sidecar::token::{self, Verdict, Verified, Verifier};
-use auth_sidecar::{decide, inject};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::request::Parts;
 use http::{HeaderMap, Request};
@@ -76,7 +77,11 @@ level = "warn"
 
 fn verifier(cfg: &Config) -> Verifier {
     let keys = token::load_keys(cfg).unwrap_or_else(|p| panic!("keys: {p:?}"));
-    Verifier::new(&cfg.auth, &cfg.identity, keys)
+    Verifier::new(
+        &cfg.auth,
+        keys,
+        std::sync::Arc::new(inject::IdentityHeaders(cfg.identity.clone())),
+    )
 }
 
 /// A typical access token: sub, email, name, iss, aud, iat, exp (+1 h); `n` varies jti.
@@ -145,7 +150,7 @@ fn bench_extract(c: &mut Criterion) {
     let cfg = config(Algorithm::HS256);
     let p = parts(&mint(Algorithm::HS256, 0), false);
     c.bench_function("extract/authorization", |b| {
-        b.iter(|| decide::extract(black_box(&p), &cfg.auth, false).unwrap())
+        b.iter(|| auth_sidecar::credentials::extract(black_box(&p), &cfg.auth, false).unwrap())
     });
 }
 
@@ -205,7 +210,7 @@ fn bench_verify_uncached(c: &mut Criterion) {
 
 fn bench_inject(c: &mut Criterion) {
     let cfg = config(Algorithm::HS256);
-    let stripper = inject::Stripper::new(&cfg, &[]);
+    let stripper = auth_sidecar::credentials::Stripper::new(&cfg, &[]);
     let v = verifier(&cfg);
     let t = mint(Algorithm::HS256, 0);
     let who = valid(v.verify(&t));
@@ -233,7 +238,7 @@ fn bench_inject(c: &mut Criterion) {
 
 fn bench_pipeline(c: &mut Criterion) {
     let cfg = config(Algorithm::RS256);
-    let stripper = inject::Stripper::new(&cfg, &[]);
+    let stripper = auth_sidecar::credentials::Stripper::new(&cfg, &[]);
     let v = verifier(&cfg);
     let t = mint(Algorithm::RS256, 0);
     valid(v.verify(&t));
@@ -250,7 +255,9 @@ fn bench_pipeline(c: &mut Criterion) {
             |p: &mut Parts| {
                 stripper.strip(&mut p.headers);
                 let path = auth_sidecar::path::resolve_path(p.uri.path()).unwrap();
-                let cred = decide::extract(p, &cfg.auth, false).unwrap().unwrap();
+                let cred = auth_sidecar::credentials::extract(p, &cfg.auth, false)
+                    .unwrap()
+                    .unwrap();
                 let who = valid(v.verify(&cred.token));
                 inject::set_identity(&mut p.headers, &who);
                 path

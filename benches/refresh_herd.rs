@@ -109,7 +109,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn now() -> u64 {
-    auth_sidecar::token::verify::now_secs()
+    auth_sidecar::token::now_secs()
 }
 
 fn mint(alg: Algorithm, exp: u64, jti: &str) -> String {

@@ -592,13 +592,20 @@ pub struct Route {
     pub require_claims: Vec<(String, String)>,
 }
 
+/// An API key and the header it is sent in.
+#[derive(Clone, Debug)]
+pub struct ApiKey {
+    pub header: HeaderName,
+    pub secret: SecretBytes,
+}
+
 #[derive(Clone, Debug)]
 pub struct Refresh {
     pub uri: Uri,
     pub method: Method,
     pub body: String,
     pub content_type: HeaderValue,
-    pub api_key: Option<(HeaderName, SecretBytes)>,
+    pub api_key: Option<ApiKey>,
     pub access_token_pointer: String,
     pub refresh_token_pointer: String,
     pub timeout: Duration,
@@ -608,12 +615,13 @@ pub struct Refresh {
     pub cookie: Option<String>,
     pub max_response_bytes: usize,
     pub retry_after: Duration,
+    pub cache_capacity: u64,
 }
 
 #[derive(Clone, Debug)]
 pub struct Initiate {
     pub uri: Uri,
-    pub api_key: (HeaderName, SecretBytes),
+    pub api_key: ApiKey,
     pub body: String,
     pub access_token_pointer: String,
     pub refresh_token_pointer: String,
@@ -622,6 +630,10 @@ pub struct Initiate {
     pub when_refresh_token_missing: bool,
     /// When the expired token proved the user, the new token must have the same `sub`.
     pub require_same_subject: bool,
+    pub grace: Duration,
+    pub cache_capacity: u64,
+    pub max_response_bytes: usize,
+    pub retry_after: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -629,6 +641,7 @@ pub struct AppIdentity {
     pub header: HeaderName,
     pub secret: SecretBytes,
     pub max_age: Duration,
+    pub leeway: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -974,6 +987,7 @@ fn validate(raw: &RawConfig, env: &dyn EnvSource, problems: &mut Vec<String>) ->
             header: c.header("app_identity.header", &a.header),
             secret: secret?,
             max_age: c.duration("app_identity.max_age", &a.max_age),
+            leeway: Duration::from_secs(30),
         })
     });
     let introspection = raw.introspection.as_ref().map(|i| {
@@ -1311,7 +1325,8 @@ fn validate_refresh(c: &mut Checker<'_>, r: &RefreshRaw) -> Option<Refresh> {
     let api_key = match (&r.api_key_header, &r.api_key) {
         (Some(h), Some(s)) => {
             let h = c.header("refresh.api_key_header", h);
-            c.secret("refresh.api_key", s).map(|s| (h, s))
+            c.secret("refresh.api_key", s)
+                .map(|secret| ApiKey { header: h, secret })
         }
         (None, None) => None,
         _ => {
@@ -1345,6 +1360,7 @@ fn validate_refresh(c: &mut Checker<'_>, r: &RefreshRaw) -> Option<Refresh> {
         cookie: r.cookie.clone(),
         max_response_bytes: r.max_response_bytes,
         retry_after: c.duration("refresh.retry_after", &r.retry_after),
+        cache_capacity: 100_000,
     })
 }
 
@@ -1366,7 +1382,10 @@ fn validate_initiate(c: &mut Checker<'_>, i: &InitiateRaw) -> Option<Initiate> {
     }
     Some(Initiate {
         uri,
-        api_key: (header, key?),
+        api_key: ApiKey {
+            header,
+            secret: key?,
+        },
         body: i.body.clone(),
         access_token_pointer: i.access_token_pointer.clone(),
         refresh_token_pointer: i.refresh_token_pointer.clone(),
@@ -1374,5 +1393,9 @@ fn validate_initiate(c: &mut Checker<'_>, i: &InitiateRaw) -> Option<Initiate> {
         max_staleness: c.duration("initiate.max_staleness", &i.max_staleness),
         when_refresh_token_missing: i.when_refresh_token_missing,
         require_same_subject: i.require_same_subject,
+        grace: Duration::from_secs(30),
+        cache_capacity: 100_000,
+        max_response_bytes: 64 * 1024,
+        retry_after: Duration::from_secs(5),
     })
 }

@@ -18,8 +18,8 @@ use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::config::{Config, EnvSource, ProcessEnv};
-use crate::token::verify::now_secs;
+use auth_sidecar::config::{Config, EnvSource, ProcessEnv};
+use auth_sidecar::token::now_secs;
 
 /// Lifetime of tokens the dev token service issues: short, so the lifecycle is visible.
 const DEV_ACCESS_TTL: u64 = 30;
@@ -171,7 +171,7 @@ pub async fn run_demo(config_path: &Path) -> anyhow::Result<()> {
     }
     let base = config_path.parent().unwrap_or(Path::new("."));
     let cfg = Config::from_toml(&text, base, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::telemetry::init(&cfg.log);
+    auth_sidecar::telemetry::init(&cfg.log);
     let demo = Arc::new(Demo {
         secret: secret.clone().into_bytes(),
         api_key,
@@ -185,11 +185,12 @@ pub async fn run_demo(config_path: &Path) -> anyhow::Result<()> {
         Arc::new(move |req| Box::pin(token_service(d.clone(), req))),
     ));
 
-    let bound = crate::Bound::bind(&cfg).await?;
+    let server = auth_sidecar::Server::new(cfg)?;
+    let bound = server.bind().await?;
     let proxy = bound.proxy.local_addr()?;
     let admin = bound.admin.as_ref().and_then(|a| a.local_addr().ok());
     print_walkthrough(&demo, proxy, admin);
-    crate::serve(cfg, None, bound).await
+    server.serve(None, bound).await
 }
 
 fn print_walkthrough(

@@ -1,4 +1,5 @@
-//! Every per-request failure, and the one place that turns it into a response.
+//! Every per-request failure, and the one place that turns it into a response (the
+//! token layer's outcomes are mapped here, once).
 //!
 //! Each variant says whose fault it is (client, token service, backend, us); that
 //! decides the status class. Messages never contain a token or a secret.
@@ -9,6 +10,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
+
+/// The header that repeats the error code, so a client can tell the sidecar's refusal
+/// from the backend's.
+pub const X_AUTH_ERROR: http::HeaderName = http::HeaderName::from_static("x-auth-error");
 
 /// The sidecar's own answer to a request it will not (or cannot) forward.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -102,7 +107,7 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(crate::inject::X_AUTH_ERROR, HeaderValue::from_static(code));
+        h.insert(X_AUTH_ERROR, HeaderValue::from_static(code));
         let challenge = match &self {
             ProxyError::MissingToken => Some("Bearer".to_string()),
             ProxyError::InvalidToken(_)
@@ -128,5 +133,35 @@ impl ProxyError {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         resp
+    }
+}
+
+/// A token that did not verify: invalid (401), or no way to tell (503).
+impl From<crate::token::VerifyError> for ProxyError {
+    fn from(e: crate::token::VerifyError) -> ProxyError {
+        use crate::token::VerifyError;
+        match e {
+            VerifyError::Invalid(why) => ProxyError::InvalidToken(why),
+            VerifyError::UnknownKid => ProxyError::InvalidToken("the token names an unknown key"),
+            VerifyError::NoKeys => ProxyError::KeysUnavailable,
+            VerifyError::Unavailable { retry_after } => {
+                ProxyError::TokenServiceUnavailable { retry_after }
+            }
+        }
+    }
+}
+
+/// No new session: log in again (401), retry later (503), or the service misbehaved (502).
+impl From<crate::token::RenewError> for ProxyError {
+    fn from(e: crate::token::RenewError) -> ProxyError {
+        use crate::token::RenewError;
+        match e {
+            RenewError::Expired => ProxyError::TokenExpired,
+            RenewError::Rejected(why) => ProxyError::RefreshRejected(why),
+            RenewError::Unavailable { retry_after } => {
+                ProxyError::TokenServiceUnavailable { retry_after }
+            }
+            RenewError::BadResponse(why) => ProxyError::TokenServiceBadResponse(why),
+        }
     }
 }

@@ -1,70 +1,57 @@
-//! Identity headers: strip every inbound header the sidecar owns, then set the verified
-//! identity. Also writes new tokens onto responses. Header names are built once.
+//! Identity to the backend and tokens to the client: verified claims become identity
+//! headers (once per token, through the token layer's [`Project`] hook), identity
+//! headers are set on the forwarded request, and a renewed pair goes on the response.
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value};
 
-use crate::config::{Config, ResponseTokens};
-use crate::token::{Session, Verified};
+use crate::config::{Identity, ResponseTokens};
+use crate::error::X_AUTH_ERROR;
+use crate::token::{Project, Session, Verified};
 
-pub const X_AUTH_ERROR: HeaderName = HeaderName::from_static("x-auth-error");
+/// Claims → identity headers, as the `[identity]` config maps them.
+pub struct IdentityHeaders(pub Identity);
 
-/// What the strip step removes: the identity prefix plus named headers (refresh token,
-/// app identity token, identity headers outside the prefix).
-pub struct Stripper {
-    prefix: Vec<u8>,
-    names: Vec<Vec<u8>>,
-}
-
-/// Lowercase with `_` read as `-`, so `X_Auth_User_Id` is caught like `x-auth-user-id`
-/// (some servers and CGI gateways treat the two as the same header).
-fn normalized_eq(name: &[u8], want: &[u8]) -> bool {
-    name.len() == want.len() && starts_normalized(name, want)
-}
-
-fn starts_normalized(name: &[u8], prefix: &[u8]) -> bool {
-    name.len() >= prefix.len()
-        && name.iter().zip(prefix).all(|(a, b)| {
-            (if *a == b'_' {
-                b'-'
-            } else {
-                a.to_ascii_lowercase()
-            }) == *b
-        })
-}
-
-impl Stripper {
-    pub fn new(cfg: &Config, extra: &[&HeaderName]) -> Stripper {
-        let norm = |s: &str| s.to_ascii_lowercase().replace('_', "-").into_bytes();
-        let mut names: Vec<Vec<u8>> = cfg
-            .identity
-            .all_headers()
-            .map(|h| norm(h.as_str()))
-            .collect();
-        names.extend(extra.iter().map(|h| norm(h.as_str())));
-        names.push(norm(cfg.response_tokens.access_header.as_str()));
-        names.push(norm(cfg.response_tokens.refresh_header.as_str()));
-        let prefix = norm(&cfg.identity.prefix);
-        names.retain(|n| !n.starts_with(&prefix));
-        names.sort();
-        names.dedup();
-        Stripper { prefix, names }
-    }
-
-    fn owned(&self, name: &[u8]) -> bool {
-        starts_normalized(name, &self.prefix) || self.names.iter().any(|n| normalized_eq(name, n))
-    }
-
-    /// Removes every header the sidecar owns. Returns how many names were removed.
-    pub fn strip(&self, headers: &mut HeaderMap) -> usize {
-        let doomed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| self.owned(k.as_str().as_bytes()))
-            .cloned()
-            .collect();
-        for name in &doomed {
-            headers.remove(name);
+impl Project for IdentityHeaders {
+    /// A claim that is not a valid header value (CR, LF, NUL, non-visible bytes) fails
+    /// the token rather than being split or mangled.
+    fn project(
+        &self,
+        sub: &str,
+        claims: &Map<String, Value>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
+        const BAD: &str = "a claim cannot be sent as a header value";
+        let cfg = &self.0;
+        let value = |s: &str| HeaderValue::from_str(s).map_err(|_| BAD);
+        let mut out = vec![(cfg.user_id.clone(), value(sub)?)];
+        let mut add = |name: &HeaderName, claim: Option<&Value>| -> Result<(), &'static str> {
+            match claim {
+                Some(Value::String(s)) => out.push((name.clone(), value(s)?)),
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => {
+                    out.push((name.clone(), value(&v.to_string())?))
+                }
+                Some(Value::Array(items)) => {
+                    let parts: Option<Vec<&str>> = items.iter().map(|i| i.as_str()).collect();
+                    let joined = parts.ok_or(BAD)?.join(",");
+                    out.push((name.clone(), value(&joined)?));
+                }
+                Some(Value::Null) | None => {}
+                Some(Value::Object(_)) => return Err(BAD),
+            }
+            Ok(())
+        };
+        add(&cfg.email, claims.get("email"))?;
+        add(&cfg.name, claims.get("name"))?;
+        for (claim, header) in &cfg.claims {
+            add(header, claims.get(claim))?;
         }
-        doomed.len()
+        if let Some(h) = &cfg.all_claims {
+            use base64::Engine;
+            let json = serde_json::to_vec(claims).map_err(|_| BAD)?;
+            let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+            out.push((h.clone(), value(&enc)?));
+        }
+        Ok(out)
     }
 }
 
@@ -79,10 +66,7 @@ pub fn set_identity(headers: &mut HeaderMap, who: &Verified) {
 pub fn set_session(headers: &mut HeaderMap, cfg: &ResponseTokens, s: &Session) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if cfg.cookies {
-        let max_age = s
-            .verified
-            .exp
-            .saturating_sub(crate::token::verify::now_secs());
+        let max_age = s.verified.exp.saturating_sub(crate::token::now_secs());
         for (name, value, age) in [
             (&cfg.access_cookie, &s.access_token, Some(max_age)),
             (&cfg.refresh_cookie, &s.refresh_token, None),
@@ -135,31 +119,5 @@ pub fn set_session(headers: &mut HeaderMap, cfg: &ResponseTokens, s: &Session) {
     }
     if let Ok(v) = HeaderValue::from_str(&expose.join(", ")) {
         headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
-    }
-}
-
-/// Removes the named cookies from every `Cookie` header (the sidecar's own credentials
-/// never reach the backend); drops a header left empty.
-pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
-    if names.is_empty() || !headers.contains_key(header::COOKIE) {
-        return;
-    }
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| {
-            let name = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair).trim();
-            !pair.is_empty() && !names.contains(&name)
-        })
-        .map(str::to_string)
-        .collect();
-    headers.remove(header::COOKIE);
-    if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-            headers.insert(header::COOKIE, v);
-        }
     }
 }

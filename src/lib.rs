@@ -1,29 +1,32 @@
 //! auth-sidecar: a reverse proxy that owns a chat backend's token lifecycle.
 //!
-//! A request flows one way: [`listen`] accepts it, [`decide`] canonicalises the path
-//! and finds the route and credentials, [`token`] verifies and (when expired) renews,
-//! [`inject`] strips and sets identity headers, [`forward`] sends it to the backend.
-//! [`proxy`] holds that order in one place; [`error`] is the only place failures turn
-//! into responses; [`config`] is the only place configuration is read.
+//! A request flows one way: `listen` accepts it; [`credentials`] takes out what the
+//! sidecar owns; [`path`] canonicalises the path and [`decide`] finds its route rule;
+//! [`token`] verifies and (when expired) renews; [`inject`] sets identity headers;
+//! `forward` sends it to the backend. `proxy` holds that order in one place (one
+//! context value per request); `error` is the only place failures turn into responses;
+//! [`config`] is the only place configuration is read. This file builds the state from
+//! a config and runs the servers.
 
 // One audited exception: `token::cache::release_freed_memory` (glibc's malloc_trim).
 #![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-pub mod admin;
-pub mod body;
+// Public: used by the binary, tests, benchmarks or fuzz targets. The rest is internal.
+pub(crate) mod admin;
+pub(crate) mod body;
 pub mod config;
+pub mod credentials;
 pub mod decide;
-pub mod demo;
-pub mod error;
-pub mod forward;
+pub(crate) mod error;
+pub(crate) mod forward;
 pub mod inject;
-pub mod listen;
-pub mod metrics;
-pub mod outbound;
+pub(crate) mod listen;
+pub(crate) mod metrics;
+pub(crate) mod outbound;
 pub mod path;
-pub mod pool;
-pub mod proxy;
+pub(crate) mod pool;
+pub(crate) mod proxy;
 pub mod telemetry;
 pub mod token;
 
@@ -40,7 +43,7 @@ use crate::proxy::State;
 
 /// Builds everything a request needs from a validated config. Fails (listing every
 /// problem) when keys or TLS material do not load.
-pub fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<String>> {
+fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<String>> {
     let mut problems = Vec::new();
     let keys = match token::load_keys(&cfg) {
         Ok(k) => Some(k),
@@ -66,22 +69,19 @@ pub fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<
     if !problems.is_empty() {
         return Err(problems);
     }
-    let http: Arc<dyn token::lifecycle::TokenHttp> =
+    let http: Arc<dyn token::call::TokenHttp> =
         Arc::new(outbound::HyperTokenHttp::new(tls.clone()));
     let jwks = cfg.auth.jwks_url.clone().map(|j| {
         token::JwksRemote::new(j, http.clone(), cfg.auth.algorithms.clone(), keys.clone())
     });
-    let introspector = cfg
-        .introspection
-        .clone()
-        .map(|i| token::Introspector::new(i, http.clone(), cfg.identity.clone()));
     let route_claims = cfg
         .routes
         .iter()
         .flat_map(|r| r.require_claims.iter().map(|(c, _)| c.clone()))
         .collect();
+    let identity: Arc<dyn token::Project> = Arc::new(inject::IdentityHeaders(cfg.identity.clone()));
     let verifier =
-        Arc::new(token::Verifier::new(&cfg.auth, &cfg.identity, keys).keep_claims(route_claims));
+        Arc::new(token::Verifier::new(&cfg.auth, keys, identity.clone()).keep_claims(route_claims));
     let lifecycle = token::Lifecycle::new(
         cfg.refresh.clone(),
         cfg.initiate.clone(),
@@ -89,25 +89,16 @@ pub fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<
         http.clone(),
         verifier.clone(),
     );
-    // Routing headers some backends honour: the sidecar decides on the path, nobody else.
-    let mut extra: Vec<http::HeaderName> = ["x-original-url", "x-rewrite-url", "x-forwarded-uri"]
-        .into_iter()
-        .map(http::HeaderName::from_static)
-        .collect();
-    if let Some(h) = lifecycle.refresh_header() {
-        extra.push(h.clone());
-    }
-    if let Some(h) = lifecycle.app_identity_header() {
-        extra.push(h.clone());
-    }
-    let stripper = inject::Stripper::new(&cfg, &extra.iter().collect::<Vec<_>>());
-    let forwarder = forward::Forwarder::new(&cfg.backend, tls);
+    let introspector = cfg
+        .introspection
+        .clone()
+        .map(|i| token::Introspector::new(i, http.clone(), identity, lifecycle.retry_after()));
     Ok(State {
+        credentials: credentials::Credentials::new(&cfg),
+        forwarder: forward::Forwarder::new(&cfg.backend, tls),
         cfg: Arc::new(cfg),
         verifier,
         lifecycle,
-        forwarder,
-        stripper,
         metrics,
         jwks,
         introspector,
@@ -136,88 +127,127 @@ fn start_background(state: &State) {
     });
 }
 
-/// Loads and fully checks a config file, as `check-config` and reload do.
-pub fn load_checked(path: &Path) -> Result<(Config, State), Vec<String>> {
+/// Loads and fully checks a config file (keys, secrets, TLS material), as
+/// `check-config` and reload do. Lists every problem.
+pub fn check_config(path: &Path) -> Result<Config, Vec<String>> {
     let cfg = Config::load(path, &ProcessEnv).map_err(|e| e.0)?;
-    let state = build_state(cfg.clone(), metrics::Metrics::new())?;
-    Ok((cfg, state))
+    build_state(cfg.clone(), metrics::Metrics::new())?;
+    Ok(cfg)
 }
 
-/// Listening sockets, bound before anything is served (so their addresses are known).
+/// Listening sockets, bound only after the whole state is built (so a bad key never
+/// leaves a port open that serves nothing), and before serving (so their addresses are
+/// known).
 pub struct Bound {
     pub proxy: tokio::net::TcpListener,
     pub admin: Option<tokio::net::TcpListener>,
 }
 
-impl Bound {
-    pub async fn bind(cfg: &Config) -> std::io::Result<Bound> {
-        let proxy = listen::bind(cfg.server.listen).await?;
-        let admin = match cfg.admin_listen {
+/// A config turned into everything the proxy serves with; no port bound yet.
+pub struct Server {
+    cfg: Config,
+    state: State,
+    metrics: metrics::Metrics,
+    prom: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    tls: Option<Arc<listen::TlsReloader>>,
+}
+
+impl Server {
+    /// Builds keys, secrets, clients and TLS. Fails (listing every problem) before any
+    /// socket exists.
+    pub fn new(cfg: Config) -> anyhow::Result<Server> {
+        // The recorder first: handles registered while building the state bind to it.
+        let prom = metrics::install();
+        let metrics = metrics::Metrics::new();
+        let state =
+            build_state(cfg.clone(), metrics.clone()).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+        let tls = match &cfg.server.tls {
+            Some(t) => Some(listen::TlsReloader::new(t).map_err(|e| anyhow::anyhow!(e))?),
+            None => None,
+        };
+        Ok(Server {
+            cfg,
+            state,
+            metrics,
+            prom,
+            tls,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Binds the proxy and admin listeners.
+    pub async fn bind(&self) -> std::io::Result<Bound> {
+        let proxy = listen::bind(self.cfg.server.listen).await?;
+        let admin = match self.cfg.admin_listen {
             Some(a) => Some(listen::bind(a).await?),
             None => None,
         };
         Ok(Bound { proxy, admin })
     }
+
+    /// Serves on the bound sockets until SIGTERM/SIGINT; reloads on SIGHUP or a changed
+    /// config file; drains on shutdown.
+    pub async fn serve(self, config_path: Option<PathBuf>, bound: Bound) -> anyhow::Result<()> {
+        let Server {
+            cfg,
+            state,
+            metrics: m,
+            prom,
+            tls,
+        } = self;
+        if let Some(h) = prom.clone() {
+            // The exporter keeps every histogram sample until it is folded into buckets;
+            // with nobody scraping, that is 8 bytes per request forever. Fold them regularly.
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    h.run_upkeep();
+                }
+            });
+        }
+        start_background(&state);
+        let state = Arc::new(ArcSwap::from_pointee(state));
+        let listener = bound.proxy;
+        let addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let health = Arc::new(admin::Health::default());
+        if let Some(l) = bound.admin {
+            tracing::info!(addr = %l.local_addr()?, "admin listening");
+            tokio::spawn(admin::serve(l, state.clone(), health.clone(), prom));
+        }
+        tracing::info!(addr = %addr, tls = tls.is_some(), backend = %cfg.backend.uri, "listening");
+        let server = tokio::spawn(listen::serve(
+            listener,
+            state.clone(),
+            tls.clone(),
+            stop_rx.clone(),
+        ));
+
+        signal_loop(config_path, state, tls, m).await;
+        health.draining.store(true, Ordering::Relaxed);
+        tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        // Upgraded connections (WebSockets) are not tracked by the HTTP drain: give them
+        // the rest of the grace period.
+        let deadline = tokio::time::Instant::now() + cfg.server.shutdown_grace;
+        while forward::open_tunnels() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
 }
 
-/// Runs the proxy until SIGTERM/SIGINT: binds, serves, reloads on SIGHUP or a changed
-/// config file, drains on shutdown.
+/// Runs the proxy: builds the state, then binds, then serves until a stop signal.
 pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let bound = Bound::bind(&cfg).await?;
-    serve(cfg, config_path, bound).await
-}
-
-/// Serves on already-bound sockets until a stop signal.
-pub async fn serve(cfg: Config, config_path: Option<PathBuf>, bound: Bound) -> anyhow::Result<()> {
-    let prom = metrics::install();
-    if let Some(h) = prom.clone() {
-        // The exporter keeps every histogram sample until it is folded into buckets; with
-        // nobody scraping, that is 8 bytes per request forever. Fold them regularly.
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                h.run_upkeep();
-            }
-        });
-    }
-    let m = metrics::Metrics::new();
-    let state = build_state(cfg.clone(), m.clone()).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
-    start_background(&state);
-    let state = Arc::new(ArcSwap::from_pointee(state));
-    let listener = bound.proxy;
-    let addr = listener.local_addr()?;
-    let tls = match &cfg.server.tls {
-        Some(t) => Some(listen::TlsReloader::new(t).map_err(|e| anyhow::anyhow!(e))?),
-        None => None,
-    };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let health = Arc::new(admin::Health::default());
-    if let Some(l) = bound.admin {
-        tracing::info!(addr = %l.local_addr()?, "admin listening");
-        tokio::spawn(admin::serve(l, state.clone(), health.clone(), prom));
-    }
-    tracing::info!(addr = %addr, tls = tls.is_some(), backend = %cfg.backend.uri, "listening");
-    let server = tokio::spawn(listen::serve(
-        listener,
-        state.clone(),
-        tls.clone(),
-        stop_rx.clone(),
-    ));
-
-    signal_loop(config_path, state, tls, m).await;
-    health.draining.store(true, Ordering::Relaxed);
-    tracing::info!("shutting down: no new connections; finishing in-flight requests");
-    let _ = stop_tx.send(true);
-    let _ = server.await;
-    // Upgraded connections (WebSockets) are not tracked by the HTTP drain: give them
-    // the rest of the grace period.
-    let deadline = tokio::time::Instant::now() + cfg.server.shutdown_grace;
-    while forward::open_tunnels() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tracing::info!("stopped");
-    Ok(())
+    let server = Server::new(cfg)?;
+    let bound = server.bind().await?;
+    server.serve(config_path, bound).await
 }
 
 /// Waits for a stop signal; meanwhile reloads on SIGHUP or when the config file (or a

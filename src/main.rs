@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 
 use auth_sidecar::config::{Config, ProcessEnv};
 
+mod demo;
+
 #[derive(Parser)]
 #[command(
     name = "auth-sidecar",
@@ -77,13 +79,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EX_USAGE);
                 }
             };
-            match auth_sidecar::demo::token_command(
-                &cli.config,
-                &sub,
-                email.as_deref(),
-                name.as_deref(),
-                ttl,
-            ) {
+            match demo::token_command(&cli.config, &sub, email.as_deref(), name.as_deref(), ttl) {
                 Ok(t) => {
                     println!("{t}");
                     ExitCode::SUCCESS
@@ -98,8 +94,8 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
-    match auth_sidecar::load_checked(path) {
-        Ok((cfg, _)) => {
+    match auth_sidecar::check_config(path) {
+        Ok(cfg) => {
             println!("# effective configuration (secrets are shown as references only)");
             print!("{}", cfg.redacted_toml());
             eprintln!("config ok: {}", path.display());
@@ -131,7 +127,7 @@ fn demo(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(auth_sidecar::demo::run_demo(path)) {
+    match rt.block_on(demo::run_demo(path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("auth-sidecar demo: {e}");

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::ClientTls;
-use crate::token::lifecycle::{Answer, Call, CallError, TokenHttp};
+use crate::token::call::{Answer, Call, CallError, TokenHttp};
 
 /// The rustls provider everything uses (shared with jsonwebtoken's aws-lc-rs).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -1,35 +1,35 @@
-//! The request path, in order: strip → decide (path, route, credentials) → verify →
-//! lifecycle (refresh / initiate) → inject → forward. Every failure leaves through
-//! `ProxyError::into_response`; one access-log line per request.
+//! The request path. One [`Ctx`] per request is read and filled by the phases, in order:
+//! admit → take credentials → route → authorize → prepare → forward → respond.
+//! [`decide`] runs the phases up to the decision and forwards nothing, so a decision
+//! endpoint can use it alone. Every failure leaves through `ProxyError::into_response`;
+//! one access-log line per request.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use http::{header, request::Parts, HeaderValue, Request, Response};
+use http::{header, request::Parts, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::body::ProxyBody;
-use crate::config::{Config, RouteMode};
-use crate::decide::{self, Source};
+use crate::config::{Config, Route, RouteMode};
+use crate::credentials::{Credentials, Owned, Source};
+use crate::decide;
 use crate::error::ProxyError;
 use crate::forward::{Forwarder, Hop};
-use crate::inject::{self, Stripper};
+use crate::inject;
 use crate::metrics::{Decision, Metrics};
-use crate::token::{
-    Introspector, JwksRemote, Lifecycle, LifecycleError, Session, Verdict, Verified, Verifier,
-    VerifyError,
-};
+use crate::token::{Introspector, JwksRemote, Lifecycle, Session, Verdict, Verified, Verifier};
 
 /// Everything a request needs, built once per config (and swapped whole on reload).
 pub struct State {
     pub cfg: Arc<Config>,
     pub verifier: Arc<Verifier>,
     pub lifecycle: Arc<Lifecycle>,
+    pub credentials: Credentials,
     pub forwarder: Forwarder,
-    pub stripper: Stripper,
     pub metrics: Metrics,
     pub jwks: Option<Arc<JwksRemote>>,
     pub introspector: Option<Arc<Introspector>>,
@@ -38,7 +38,6 @@ pub struct State {
 /// Facts about the connection a request came in on.
 #[derive(Clone)]
 pub struct ConnInfo {
-    pub remote: SocketAddr,
     /// The peer's IP as a header value, for `X-Forwarded-For` (formatted once).
     pub ip: HeaderValue,
     pub tls: bool,
@@ -48,16 +47,61 @@ impl ConnInfo {
     pub fn new(remote: SocketAddr, tls: bool) -> ConnInfo {
         let ip = HeaderValue::from_str(&remote.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
-        ConnInfo { remote, ip, tls }
+        ConnInfo { ip, tls }
     }
 }
 
-/// The outcome of the auth steps for one request.
-struct Authorized {
-    who: Option<Arc<Verified>>,
-    renewed: Option<Arc<Session>>,
-    decision: Decision,
-    source: Option<Source>,
+/// What the phases learn about one request; each phase reads what earlier ones filled.
+pub struct Ctx<'s> {
+    pub request_id: HeaderValue,
+    pub method: Method,
+    started: Instant,
+    /// The path route rules matched (decoded once, dots resolved); empty until `route`.
+    pub canonical: String,
+    /// The same path as sent to the backend (re-encoded).
+    pub forward_path: String,
+    pub route: Option<&'s Route>,
+    pub mode: RouteMode,
+    pub upgrade: bool,
+    /// The refresh and app identity tokens, taken out before anything else reads the request.
+    pub owned: Owned,
+    /// Where the access token was found.
+    pub source: Option<Source>,
+    /// The verified identity (after a renewal: the new token's).
+    pub who: Option<Arc<Verified>>,
+    /// A new pair to hand to the client.
+    pub renewed: Option<Arc<Session>>,
+    pub decision: Decision,
+}
+
+impl Ctx<'_> {
+    pub fn new(state: &State, parts: &Parts) -> Self {
+        Ctx {
+            request_id: request_id(parts, &state.cfg.server.request_id_header),
+            method: parts.method.clone(),
+            started: Instant::now(),
+            canonical: String::new(),
+            forward_path: String::new(),
+            route: None,
+            mode: RouteMode::default(),
+            upgrade: false,
+            owned: Owned::default(),
+            source: None,
+            who: None,
+            renewed: None,
+            decision: Decision::Rejected,
+        }
+    }
+
+    fn renewed(&mut self, s: Arc<Session>) {
+        self.decision = if s.initiated {
+            Decision::Initiated
+        } else {
+            Decision::Refreshed
+        };
+        self.who = Some(s.verified.clone());
+        self.renewed = Some(s);
+    }
 }
 
 /// Handles one request end to end. Never fails: errors become responses.
@@ -66,70 +110,43 @@ pub async fn handle(
     req: Request<Incoming>,
     conn: ConnInfo,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
     let (mut parts, body) = req.into_parts();
-    let request_id = request_id(&parts, &state.cfg.server.request_id_header);
-    let method = parts.method.clone();
-    let mut log_path = String::new();
-    let mut user: Option<Arc<Verified>> = None;
-
+    let mut ctx = Ctx::new(&state, &parts);
     // Every line logged while handling the request carries its id (the span is at
     // error level so it exists whenever any logging is on).
     // Recorded with Display: the ids are plain tokens, and str's Debug escapes char by char.
-    let span = tracing::error_span!("request", request_id = %request_id.to_str().unwrap_or(""));
-    let result = run(
-        &state,
-        &mut parts,
-        body,
-        conn,
-        &request_id,
-        &mut log_path,
-        &mut user,
-    )
+    let span = tracing::error_span!("request", request_id = %ctx.request_id.to_str().unwrap_or(""));
+    let result = async {
+        decide(&state, &mut ctx, &mut parts).await?;
+        let query = prepare(&state, &ctx, &mut parts);
+        Ok(forward(&state, &mut ctx, parts, body, &conn, query.as_deref()).await)
+    }
     .instrument(span)
     .await;
-    let (decision, mut resp) = match result {
+    let resp = match result {
         Ok(r) => r,
-        Err(e) => {
-            let d = if e.status().is_server_error() {
-                Decision::Failed
-            } else {
-                Decision::Rejected
-            };
-            tracing::debug!(code = e.code(), reason = %e, "request refused");
-            (d, e.into_response())
-        }
+        Err(e) => refuse(&mut ctx, e),
     };
-    resp.headers_mut().insert(
-        state.cfg.server.request_id_header.clone(),
-        request_id.clone(),
-    );
-    let status = resp.status().as_u16();
-    state.metrics.request(decision, status);
-    tracing::info!(
-        target: "auth_sidecar::access",
-        request_id = request_id.to_str().unwrap_or(""),
-        method = %method,
-        path = %log_path,
-        status,
-        latency_us = started.elapsed().as_micros() as u64,
-        decision = decision.as_str(),
-        user = user.as_ref().map(|u| u.sub.as_str()).unwrap_or("-"),
-    );
-    resp
+    respond(&state, &ctx, resp)
 }
 
-async fn run(
-    state: &State,
+/// Phases up to the decision: admit, take credentials, route, authorize. Fills `ctx`
+/// with the identity (or refuses); forwards nothing.
+pub async fn decide<'s>(
+    state: &'s State,
+    ctx: &mut Ctx<'s>,
     parts: &mut Parts,
-    body: Incoming,
-    conn: ConnInfo,
-    request_id: &HeaderValue,
-    log_path: &mut String,
-    user: &mut Option<Arc<Verified>>,
-) -> Result<(Decision, Response<ProxyBody>), ProxyError> {
-    let cfg = &state.cfg;
-    if parts.method == http::Method::CONNECT {
+) -> Result<(), ProxyError> {
+    admit(parts)?;
+    // Credentials the sidecar owns are read before the strip removes them.
+    ctx.owned = state.credentials.take_owned(&mut parts.headers);
+    route(state, ctx, parts)?;
+    authorize(state, ctx, parts).await
+}
+
+/// First, before anything is read: refuses requests no route can make sense of.
+fn admit(parts: &Parts) -> Result<(), ProxyError> {
+    if parts.method == Method::CONNECT {
         return Err(ProxyError::InvalidRequest("CONNECT is not supported"));
     }
     if parts.version == http::Version::HTTP_11 && !one_valid_host(&parts.headers) {
@@ -138,169 +155,66 @@ async fn run(
             "an HTTP/1.1 request needs exactly one valid Host header",
         ));
     }
-    // Credentials the sidecar owns are read before the strip removes them.
-    let refresh_token = state
-        .lifecycle
-        .refresh_header()
-        .and_then(|h| parts.headers.get(h))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| {
-            let name = state.lifecycle.refresh_cookie()?;
-            decide::cookie_values(&parts.headers, name)
-                .next()
-                .map(str::to_string)
-        });
-    let app_token = state
-        .lifecycle
-        .app_identity_header()
-        .and_then(|h| parts.headers.get(h))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    state.stripper.strip(&mut parts.headers);
-
-    let (canonical, forward_path) = crate::path::resolve_path(parts.uri.path())
-        .map_err(|_| ProxyError::InvalidRequest("the request path is ambiguous or malformed"))?;
-    if tracing::enabled!(target: "auth_sidecar::access", tracing::Level::INFO) {
-        log_path.push_str(&canonical);
-    }
-    let route = decide::route_for(&cfg.routes, &canonical);
-    let mode = decide::mode_of(route);
-    let upgrade = decide::is_websocket_upgrade(parts);
-    // Hop-by-hop headers (and whatever `Connection` names) go before identity is set,
-    // so a client's `Connection: x-auth-user-id` cannot remove what the sidecar adds.
-    crate::forward::remove_hop_by_hop(&mut parts.headers);
-
-    let auth = if mode == RouteMode::Public {
-        Authorized {
-            who: None,
-            renewed: None,
-            decision: Decision::Public,
-            source: None,
-        }
-    } else {
-        authorize(
-            state,
-            parts,
-            mode,
-            upgrade,
-            refresh_token.as_deref(),
-            app_token.as_deref(),
-        )
-        .await?
-    };
-    if let Some(route) = route {
-        check_route(route, &parts.method, auth.who.as_deref())?;
-    }
-    *user = auth.who.clone();
-
-    // Inject: identity set (never appended), token plumbing adjusted for the backend.
-    if let Some(who) = &auth.who {
-        inject::set_identity(&mut parts.headers, who);
-    }
-    // The sidecar's own cookies (refresh token; the access cookie unless forwarded)
-    // never reach the backend.
-    let mut own_cookies: Vec<&str> = state.lifecycle.refresh_cookie().into_iter().collect();
-    if !cfg.auth.forward_authorization {
-        own_cookies.extend(cfg.auth.cookie.as_deref());
-    }
-    inject::remove_cookies(&mut parts.headers, &own_cookies);
-    if !cfg.auth.forward_authorization {
-        parts.headers.remove(header::AUTHORIZATION);
-    } else if let Some(s) = &auth.renewed {
-        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", s.access_token)) {
-            parts.headers.insert(header::AUTHORIZATION, v);
-        }
-    }
-    let mut query = parts.uri.query().map(str::to_string);
-    if let (Some(name), Some(q)) = (&cfg.auth.query_param, &query) {
-        if upgrade {
-            query = decide::query_without(q, name);
-        }
-    }
-    if auth.source == Some(Source::WebSocketProtocol) {
-        if let Some(prefix) = &cfg.auth.websocket_protocol_prefix {
-            match decide::protocols_without_token(&parts.headers, prefix) {
-                Some(v) => parts.headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v),
-                None => parts.headers.remove(header::SEC_WEBSOCKET_PROTOCOL),
-            };
-        }
-    }
-    parts
-        .headers
-        .insert(cfg.server.request_id_header.clone(), request_id.clone());
-
-    let tunnel_deadline = match (&auth.who, cfg.server.upgrade_token_grace) {
-        (Some(who), Some(grace)) if upgrade => {
-            Some(UNIX_EPOCH + Duration::from_secs(who.exp) + grace)
-        }
-        _ => None,
-    };
-    let hop = Hop {
-        client_ip: conn.ip.clone(),
-        tls: conn.tls,
-        path: &forward_path,
-        query: query.as_deref(),
-        upgrade,
-        tunnel_deadline,
-    };
-    let req = Request::from_parts(std::mem::replace(parts, empty_parts()), body);
-    let (decision, mut resp) = match state.forwarder.forward(req, hop, &state.metrics).await {
-        Ok(r) => (auth.decision, r),
-        Err(e) => (Decision::Failed, e.into_response()),
-    };
-    // The new pair goes back even when the backend failed: the old refresh token may
-    // already be rotated away, and losing the pair would log the user out.
-    if let Some(s) = &auth.renewed {
-        inject::set_session(resp.headers_mut(), &cfg.response_tokens, s);
-    }
-    Ok((decision, resp))
+    Ok(())
 }
 
-/// Steps 3-6 of the decision: verify, renew if expired, or refuse.
-async fn authorize(
-    state: &State,
-    parts: &Parts,
-    mode: RouteMode,
-    upgrade: bool,
-    refresh_token: Option<&str>,
-    app_token: Option<&str>,
-) -> Result<Authorized, ProxyError> {
-    let cred = decide::extract(parts, &state.cfg.auth, upgrade)?;
-    let Some(cred) = cred else {
+/// After the strip: the canonical path, its route rule and mode, and whether this is an
+/// upgrade; hop-by-hop headers go here, before identity is set.
+fn route<'s>(state: &'s State, ctx: &mut Ctx<'s>, parts: &mut Parts) -> Result<(), ProxyError> {
+    let (canonical, forward_path) = crate::path::resolve_path(parts.uri.path())
+        .map_err(|_| ProxyError::InvalidRequest("the request path is ambiguous or malformed"))?;
+    ctx.route = decide::route_for(&state.cfg.routes, &canonical);
+    ctx.mode = decide::mode_of(ctx.route);
+    ctx.upgrade = decide::is_websocket_upgrade(parts);
+    ctx.canonical = canonical;
+    ctx.forward_path = forward_path;
+    // `Connection` may name headers to drop: done before identity is set, so a client's
+    // `Connection: x-auth-user-id` cannot remove what the sidecar adds.
+    crate::forward::remove_hop_by_hop(&mut parts.headers);
+    Ok(())
+}
+
+/// After routing: who is asking (steps 3-6 of the decision: verify, renew if expired, or
+/// refuse) and whether the route lets them.
+async fn authorize(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(), ProxyError> {
+    if ctx.mode == RouteMode::Public {
+        ctx.decision = Decision::Public;
+    } else {
+        identify(state, ctx, parts).await?;
+    }
+    if let Some(route) = ctx.route {
+        let claims = ctx.who.as_deref().map(|w| &w.claims);
+        decide::check_route(route, &parts.method, claims)?;
+    }
+    Ok(())
+}
+
+/// On a non-public route: the verified identity, renewed when expired, or a refusal.
+async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(), ProxyError> {
+    let app_token = ctx.owned.app_token.as_deref();
+    let Some(cred) = state.credentials.access_token(parts, ctx.upgrade)? else {
         if app_token.is_some() && state.lifecycle.can_renew() {
-            let s = renew(state, None, None, app_token).await?;
-            return Ok(renewed(s, None));
+            let s = state.lifecycle.renew(None, None, app_token).await?;
+            ctx.renewed(s);
+            return Ok(());
         }
-        if mode == RouteMode::Optional {
-            return Ok(Authorized {
-                who: None,
-                renewed: None,
-                decision: Decision::Anonymous,
-                source: None,
-            });
+        if ctx.mode == RouteMode::Optional {
+            ctx.decision = Decision::Anonymous;
+            return Ok(());
         }
         return Err(ProxyError::MissingToken);
     };
+    ctx.source = Some(cred.source);
     if let Some(intro) = &state.introspector {
         // Opaque (non-JWT) tokens are checked with the token service.
         if cred.token.bytes().filter(|b| *b == b'.').count() != 2 {
-            return match intro.check(&cred.token).await {
-                Ok(Some(v)) => Ok(Authorized {
-                    who: Some(v),
-                    renewed: None,
-                    decision: Decision::Allowed,
-                    source: Some(cred.source),
-                }),
-                Ok(None) => Err(ProxyError::InvalidToken("the access token is not active")),
-                Err(_) => Err(ProxyError::TokenServiceUnavailable {
-                    retry_after: state.lifecycle.retry_after(),
-                }),
-            };
+            ctx.who = Some(intro.check(&cred.token).await?);
+            ctx.decision = Decision::Allowed;
+            return Ok(());
         }
     }
     let mut verdict = state.verifier.verify(&cred.token);
-    if matches!(verdict, Err(VerifyError::UnknownKid)) {
+    if matches!(verdict, Err(crate::token::VerifyError::UnknownKid)) {
         if let Some(jwks) = &state.jwks {
             if jwks.on_unknown_kid(&state.verifier).await {
                 verdict = state.verifier.verify(&cred.token);
@@ -310,91 +224,116 @@ async fn authorize(
             }
         }
     }
-    match verdict {
-        Ok(Verdict::Valid(v)) => Ok(Authorized {
-            who: Some(v),
-            renewed: None,
-            decision: Decision::Allowed,
-            source: Some(cred.source),
-        }),
-        Ok(Verdict::Expired(old)) => {
+    match verdict? {
+        Verdict::Valid(v) => {
+            ctx.who = Some(v);
+            ctx.decision = Decision::Allowed;
+        }
+        Verdict::Expired(old) => {
             if !state.lifecycle.can_renew() {
                 return Err(ProxyError::TokenExpired);
             }
-            let s = renew(state, Some(old), refresh_token, app_token).await?;
-            Ok(renewed(s, Some(cred.source)))
-        }
-        Err(VerifyError::Invalid(why)) => Err(ProxyError::InvalidToken(why)),
-        Err(VerifyError::UnknownKid) => {
-            Err(ProxyError::InvalidToken("the token names an unknown key"))
-        }
-        Err(VerifyError::NoKeys) => Err(ProxyError::KeysUnavailable),
-    }
-}
-
-fn renewed(s: Arc<Session>, source: Option<Source>) -> Authorized {
-    Authorized {
-        who: Some(s.verified.clone()),
-        decision: if s.initiated {
-            Decision::Initiated
-        } else {
-            Decision::Refreshed
-        },
-        renewed: Some(s),
-        source,
-    }
-}
-
-async fn renew(
-    state: &State,
-    old: Option<Arc<Verified>>,
-    refresh_token: Option<&str>,
-    app_token: Option<&str>,
-) -> Result<Arc<Session>, ProxyError> {
-    state
-        .lifecycle
-        .renew(old, refresh_token, app_token)
-        .await
-        .map_err(|e| match e {
-            LifecycleError::Expired => ProxyError::TokenExpired,
-            LifecycleError::Rejected(why) => ProxyError::RefreshRejected(why),
-            LifecycleError::Unavailable => ProxyError::TokenServiceUnavailable {
-                retry_after: state.lifecycle.retry_after(),
-            },
-            LifecycleError::BadResponse(why) => ProxyError::TokenServiceBadResponse(why),
-        })
-}
-
-/// Route requirements: allowed methods, and required claim values when there is an
-/// identity to check them against.
-fn check_route(
-    route: &crate::config::Route,
-    method: &http::Method,
-    who: Option<&Verified>,
-) -> Result<(), ProxyError> {
-    if !route.methods.is_empty() && !route.methods.contains(method) {
-        return Err(ProxyError::InsufficientScope(
-            "this method is not allowed for this route",
-        ));
-    }
-    let Some(who) = who else { return Ok(()) };
-    for (claim, want) in &route.require_claims {
-        let ok = match who.claims.get(claim) {
-            Some(serde_json::Value::String(s)) => {
-                s == want || (claim == "scope" && s.split(' ').any(|x| x == want))
-            }
-            Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(want)),
-            Some(serde_json::Value::Bool(b)) => b.to_string() == *want,
-            Some(serde_json::Value::Number(n)) => n.to_string() == *want,
-            _ => false,
-        };
-        if !ok {
-            return Err(ProxyError::InsufficientScope(
-                "the token lacks a claim this route requires",
-            ));
+            let refresh = ctx.owned.refresh_token.as_deref();
+            let s = state.lifecycle.renew(Some(old), refresh, app_token).await?;
+            ctx.renewed(s);
         }
     }
     Ok(())
+}
+
+/// After a positive decision: identity set (never appended), the client's credentials
+/// taken out, the request id in. Returns the query to forward.
+fn prepare(state: &State, ctx: &Ctx<'_>, parts: &mut Parts) -> Option<String> {
+    if let Some(who) = &ctx.who {
+        inject::set_identity(&mut parts.headers, who);
+    }
+    let renewed = ctx.renewed.as_ref().map(|s| s.access_token.as_str());
+    let query = state.credentials.remove_for_backend(
+        &mut parts.headers,
+        parts.uri.query(),
+        ctx.upgrade,
+        ctx.source,
+        renewed,
+    );
+    parts.headers.insert(
+        state.cfg.server.request_id_header.clone(),
+        ctx.request_id.clone(),
+    );
+    query
+}
+
+/// Sends the prepared request to the backend; its response (or the sidecar's 502/504)
+/// carries a renewed pair either way.
+async fn forward(
+    state: &State,
+    ctx: &mut Ctx<'_>,
+    parts: Parts,
+    body: Incoming,
+    conn: &ConnInfo,
+    query: Option<&str>,
+) -> Response<ProxyBody> {
+    let tunnel_deadline = match (&ctx.who, state.cfg.server.upgrade_token_grace) {
+        (Some(who), Some(grace)) if ctx.upgrade => {
+            Some(UNIX_EPOCH + Duration::from_secs(who.exp) + grace)
+        }
+        _ => None,
+    };
+    let hop = Hop {
+        client_ip: conn.ip.clone(),
+        tls: conn.tls,
+        path: &ctx.forward_path,
+        query,
+        upgrade: ctx.upgrade,
+        tunnel_deadline,
+    };
+    let req = Request::from_parts(parts, body);
+    let mut resp = match state.forwarder.forward(req, hop, &state.metrics).await {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.decision = Decision::Failed;
+            e.into_response()
+        }
+    };
+    // The new pair goes back even when the backend failed: the old refresh token may
+    // already be rotated away, and losing the pair would log the user out.
+    if let Some(s) = &ctx.renewed {
+        inject::set_session(resp.headers_mut(), &state.cfg.response_tokens, s);
+    }
+    resp
+}
+
+/// A phase refused the request: the sidecar's own answer.
+fn refuse(ctx: &mut Ctx<'_>, e: ProxyError) -> Response<ProxyBody> {
+    ctx.decision = if e.status().is_server_error() {
+        Decision::Failed
+    } else {
+        Decision::Rejected
+    };
+    tracing::debug!(code = e.code(), reason = %e, "request refused");
+    // A refused request is logged without a user, even when its token verified.
+    ctx.who = None;
+    e.into_response()
+}
+
+/// Last, for every request: the request id on the response, metrics, the access-log line.
+fn respond(state: &State, ctx: &Ctx<'_>, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    resp.headers_mut().insert(
+        state.cfg.server.request_id_header.clone(),
+        ctx.request_id.clone(),
+    );
+    let status = resp.status().as_u16();
+    state.metrics.request(ctx.decision, status);
+    tracing::info!(
+        target: "auth_sidecar::access",
+        request_id = ctx.request_id.to_str().unwrap_or(""),
+        method = %ctx.method,
+        path = %ctx.canonical,
+        status,
+        latency_us = ctx.started.elapsed().as_micros() as u64,
+        decision = ctx.decision.as_str(),
+        user = ctx.who.as_ref().map(|u| u.sub.as_str()).unwrap_or("-"),
+    );
+    resp
 }
 
 fn one_valid_host(h: &http::HeaderMap) -> bool {
@@ -447,8 +386,4 @@ fn hex32(a: u64, b: u64, buf: &mut [u8; 32]) -> &str {
         buf[i * 2 + 1] = HEX[(byte & 0xf) as usize];
     }
     std::str::from_utf8(buf).unwrap_or("0")
-}
-
-fn empty_parts() -> Parts {
-    Request::new(()).into_parts().0
 }

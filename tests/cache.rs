@@ -2,8 +2,8 @@
 //! `auth.cache_capacity` entries, never answers for a token past its deadline, and
 //! gives expired entries back on a sweep.
 
+use auth_sidecar::token::cache::hash_token;
 use auth_sidecar::token::cache::TokenCache;
-use auth_sidecar::token::verify::hash_token;
 
 fn key(i: u64) -> [u8; 32] {
     hash_token(&format!("token-{i}"))

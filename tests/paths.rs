@@ -2,7 +2,8 @@
 //! the properties; this file pins the examples).
 
 use auth_sidecar::config::{Route, RouteMode};
-use auth_sidecar::decide::{mode_of, query_without, route_for};
+use auth_sidecar::credentials::query_without;
+use auth_sidecar::decide::{mode_of, route_for};
 use auth_sidecar::path::{canonical_path, encode_path, PathError};
 
 #[test]

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use auth_sidecar::config::{Config, Route, RouteMode};
-use auth_sidecar::decide::{self, route_for};
-use auth_sidecar::inject::Stripper;
+use auth_sidecar::credentials::Stripper;
+use auth_sidecar::decide::route_for;
 use auth_sidecar::path::{canonical_path, encode_path, resolve_path};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use proptest::prelude::*;
@@ -135,7 +135,7 @@ proptest! {
         }
         if let Ok(req) = b.body(()) {
             let (parts, _) = req.into_parts();
-            match decide::extract(&parts, &auth, false) {
+            match auth_sidecar::credentials::extract(&parts, &auth, false) {
                 Ok(Some(cred)) => {
                     prop_assert!(!cred.token.is_empty());
                     prop_assert!(authz.len() <= 1);
@@ -174,5 +174,5 @@ fn a_cookie_and_a_header_together_are_refused() {
         .body(())
         .unwrap();
     let (parts, _) = req.into_parts();
-    assert!(decide::extract(&parts, &auth, false).is_err());
+    assert!(auth_sidecar::credentials::extract(&parts, &auth, false).is_err());
 }

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use auth_sidecar::config::Auth;
-use auth_sidecar::decide::extract;
+use auth_sidecar::credentials::extract;
 use libfuzzer_sys::fuzz_target;
 
 fn auth() -> &'static Auth {

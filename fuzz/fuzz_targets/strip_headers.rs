@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use auth_sidecar::config::Config;
-use auth_sidecar::inject::Stripper;
+use auth_sidecar::credentials::Stripper;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 

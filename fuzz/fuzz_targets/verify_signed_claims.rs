@@ -20,7 +20,11 @@ fn verifier() -> &'static Verifier {
             "[identity.claims]\nrole = \"x-auth-role\"\n",
         );
         let keys = auth_sidecar::token::load_keys(&c).expect("keys");
-        Verifier::new(&c.auth, &c.identity, keys)
+        Verifier::new(
+            &c.auth,
+            keys,
+            std::sync::Arc::new(auth_sidecar::inject::IdentityHeaders(c.identity.clone())),
+        )
     })
 }
 

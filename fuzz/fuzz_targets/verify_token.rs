@@ -29,7 +29,7 @@ fn verifiers() -> &'static Vec<Verifier> {
         cfgs.iter()
             .map(|c| {
                 let keys = auth_sidecar::token::load_keys(c).expect("keys");
-                Verifier::new(&c.auth, &c.identity, keys)
+                Verifier::new(&c.auth, keys, std::sync::Arc::new(auth_sidecar::inject::IdentityHeaders(c.identity.clone())))
             })
             .collect()
     })

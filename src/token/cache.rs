@@ -9,7 +9,15 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
-use super::verify::TokenHash;
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of a token: the key of every token cache, so tokens themselves are not kept
+/// in memory.
+pub type TokenHash = [u8; 32];
+
+pub fn hash_token(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
 
 /// Shards keep the lock of one worker thread out of another's way.
 const SHARDS: usize = 16;

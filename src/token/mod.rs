@@ -1,18 +1,30 @@
 //! Everything about tokens, and nothing about HTTP servers: keys, verification with its
-//! cache, and the refresh/initiate lifecycle.
+//! cache, the refresh/initiate lifecycle, and the outbound call interface they use.
+//! Returns claims and outcomes; what becomes a header or a response is decided above.
 
 pub mod cache;
+pub mod call;
 pub mod keys;
 pub mod lifecycle;
 pub mod remote;
 pub mod verify;
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 pub use keys::KeySet;
-pub use lifecycle::{Lifecycle, LifecycleError, Session};
+pub use lifecycle::{Lifecycle, RenewError, Session};
 pub use remote::{Introspector, JwksRemote};
-pub use verify::{Verdict, Verified, Verifier, VerifyError};
+pub use verify::{NoProjection, Project, Verdict, Verified, Verifier, VerifyError};
 
 use crate::config::Config;
+
+/// Seconds since the Unix epoch (JWT NumericDate).
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// Builds the key set a config describes. Errors name the file and the reason.
 pub fn load_keys(cfg: &Config) -> Result<KeySet, Vec<String>> {

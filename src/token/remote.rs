@@ -12,9 +12,11 @@ use moka::future::Cache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::cache::{hash_token, TokenHash};
+use super::call::{Call, TokenHttp};
 use super::keys::KeySet;
-use super::lifecycle::{Call, TokenHttp};
-use super::verify::{hash_token, now_secs, TokenHash, Verified, Verifier};
+use super::now_secs;
+use super::verify::{Project, Verified, Verifier, VerifyError};
 use crate::config::{Introspection, Jwks};
 
 /// A JWKS endpoint and what we last got from it.
@@ -195,13 +197,15 @@ impl JwksRemote {
 pub struct Introspector {
     cfg: Introspection,
     http: Arc<dyn TokenHttp>,
-    identity: crate::config::Identity,
+    project: Arc<dyn Project>,
+    /// `Retry-After` when the endpoint cannot answer.
+    retry_after: Duration,
     cache: Cache<TokenHash, Option<Arc<Verified>>>,
 }
 
 /// Introspection failed to give an answer (an outage, never a 401).
 #[derive(Debug, Clone, Copy)]
-pub struct Unavailable;
+struct Unavailable;
 
 struct AnswerTtl {
     ttl: Duration,
@@ -226,7 +230,8 @@ impl Introspector {
     pub fn new(
         cfg: Introspection,
         http: Arc<dyn TokenHttp>,
-        identity: crate::config::Identity,
+        project: Arc<dyn Project>,
+        retry_after: Duration,
     ) -> Arc<Self> {
         let cache = Cache::builder()
             .max_capacity(cfg.cache_capacity)
@@ -238,25 +243,27 @@ impl Introspector {
         Arc::new(Introspector {
             cfg,
             http,
-            identity,
+            project,
+            retry_after,
             cache,
         })
     }
 
-    /// `Ok(Some)` active, `Ok(None)` inactive (a bad token), `Err` unavailable. One call
-    /// per token at a time; answers cached until the token's expiry or the TTL.
-    pub async fn check(
-        self: &Arc<Self>,
-        token: &str,
-    ) -> Result<Option<Arc<Verified>>, Unavailable> {
+    /// The verified identity of an active token; an inactive one is invalid, and no
+    /// answer is an outage. One call per token at a time; answers cached until the
+    /// token's expiry or the TTL.
+    pub async fn check(self: &Arc<Self>, token: &str) -> Result<Arc<Verified>, VerifyError> {
         let key = hash_token(token);
         let this = self.clone();
         let token = token.to_string();
         let task =
             tokio::spawn(async move { this.cache.try_get_with(key, this.call(token)).await });
         match task.await {
-            Ok(Ok(v)) => Ok(v),
-            _ => Err(Unavailable),
+            Ok(Ok(Some(v))) => Ok(v),
+            Ok(Ok(None)) => Err(VerifyError::Invalid("the access token is not active")),
+            _ => Err(VerifyError::Unavailable {
+                retry_after: self.retry_after,
+            }),
         }
     }
 
@@ -338,7 +345,7 @@ impl Introspector {
             .filter(|s| !s.is_empty())
             .map(str::to_string);
         let Some(sub) = sub else { return Ok(None) };
-        let headers = match super::verify::identity_headers(&self.identity, &sub, &v) {
+        let headers = match self.project.project(&sub, &v) {
             Ok(h) => h,
             Err(_) => return Ok(None),
         };

@@ -3,17 +3,41 @@
 //! token with a valid signature is reported as such, distinct from an invalid one.
 
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
-use super::cache::TokenCache;
+use super::cache::{hash_token, TokenCache};
 use super::keys::KeySet;
-use crate::config::{Auth, Identity as IdentityCfg};
+use super::now_secs;
+use crate::config::Auth;
+
+/// What the layer above derives from a token's verified claims (its identity headers),
+/// once per token; the token layer does not know what they are. An error refuses the
+/// token (a claim that cannot be sent, say).
+pub trait Project: Send + Sync + 'static {
+    fn project(
+        &self,
+        sub: &str,
+        claims: &Map<String, Value>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str>;
+}
+
+/// Derives nothing (app identity tokens never become identity headers).
+pub struct NoProjection;
+
+impl Project for NoProjection {
+    fn project(
+        &self,
+        _: &str,
+        _: &Map<String, Value>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
+        Ok(Vec::new())
+    }
+}
 
 /// A token whose signature and claims were checked.
 #[derive(Debug)]
@@ -21,7 +45,7 @@ pub struct Verified {
     pub sub: String,
     pub exp: u64,
     pub claims: Map<String, Value>,
-    /// Identity headers, built once per token (values already checked).
+    /// What [`Project`] derived from the claims (identity headers), once per token.
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -50,20 +74,20 @@ pub enum VerifyError {
     /// No keys loaded at all: an outage, not a bad token.
     #[error("no verification keys")]
     NoKeys,
+    /// The service that checks opaque tokens could not answer: an outage, not a bad token.
+    #[error("the token service is unavailable")]
+    Unavailable { retry_after: Duration },
 }
 
-/// SHA-256 of a token: the cache key, so tokens themselves are not kept in memory.
-pub type TokenHash = [u8; 32];
-
-pub fn hash_token(token: &str) -> TokenHash {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Which claims a kind of token must carry, beyond a good signature.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    /// A non-empty `sub` (access tokens); app identity tokens name the user otherwise.
+    require_sub: bool,
+    /// An `exp` (access tokens); without one, an app identity token lives by `iat`.
+    require_exp: bool,
+    /// `iat` required and no older than this (seconds), nor in the future beyond leeway.
+    max_age: Option<u64>,
 }
 
 /// Verifies access tokens against the current key set and remembers verified ones.
@@ -76,7 +100,8 @@ pub struct Verifier {
     leeway: u64,
     max_token_bytes: usize,
     required_claims: Vec<String>,
-    identity: IdentityCfg,
+    policy: Policy,
+    project: Arc<dyn Project>,
     /// Verified tokens until their `exp` (plus leeway).
     cache: TokenCache<Arc<Verified>>,
     /// Recently seen expired-but-well-signed tokens: a refresh herd (thousands of
@@ -90,7 +115,8 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(auth: &Auth, identity: &IdentityCfg, keys: KeySet) -> Verifier {
+    /// The access-token verifier: `auth`'s rules, identity derived by `project`.
+    pub fn new(auth: &Auth, keys: KeySet, project: Arc<dyn Project>) -> Verifier {
         Verifier {
             keys: RwLock::new(Arc::new(keys)),
             algorithms: auth.algorithms.clone(),
@@ -99,13 +125,48 @@ impl Verifier {
             leeway: auth.leeway.as_secs(),
             max_token_bytes: auth.max_token_bytes,
             required_claims: auth.required_claims.clone(),
-            identity: identity.clone(),
+            policy: Policy {
+                require_sub: true,
+                require_exp: true,
+                max_age: None,
+            },
+            project,
             cache: TokenCache::new(auth.cache_capacity),
             expired: TokenCache::new(EXPIRED_CAPACITY),
             kept_claims: Vec::new(),
             hits: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "hit"),
             misses: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "miss"),
         }
+    }
+
+    /// The verifier for the customer app's own identity tokens (Kustomer-style: HS256
+    /// with the app secret, `externalId` or `email`, `iat` within `max_age`, `exp`
+    /// optional): the same parser and checks as access tokens (duplicate members
+    /// refused, `crit` refused), other claim rules.
+    pub fn app_identity(secret: &[u8], leeway: Duration, max_age: Duration) -> Verifier {
+        let mut keys = KeySet::default();
+        keys.add_hmac(secret);
+        let v = Verifier {
+            keys: RwLock::new(Arc::new(keys)),
+            algorithms: vec![Algorithm::HS256],
+            issuer: None,
+            audience: Vec::new(),
+            leeway: leeway.as_secs(),
+            max_token_bytes: 8 * 1024,
+            required_claims: Vec::new(),
+            policy: Policy {
+                require_sub: false,
+                require_exp: false,
+                max_age: Some(max_age.as_secs()),
+            },
+            project: Arc::new(NoProjection),
+            cache: TokenCache::new(1),
+            expired: TokenCache::new(1),
+            kept_claims: Vec::new(),
+            hits: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "hit"),
+            misses: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "miss"),
+        };
+        v.keep_claims(vec!["email".into(), "externalId".into(), "name".into()])
     }
 
     /// Keeps only these claims in cached entries (identity headers are already built).
@@ -258,8 +319,10 @@ impl Verifier {
                 return Err(VerifyError::Invalid("the token's audience is not accepted"));
             }
         }
-        let exp = numeric_date(claims.get("exp"))
-            .ok_or(VerifyError::Invalid("the token has no valid exp"))?;
+        let exp = match claims.get("exp") {
+            None if !self.policy.require_exp => u64::MAX - self.leeway,
+            e => numeric_date(e).ok_or(VerifyError::Invalid("the token has no valid exp"))?,
+        };
         if let Some(nbf) = claims.get("nbf") {
             let nbf = numeric_date(Some(nbf))
                 .ok_or(VerifyError::Invalid("the token's nbf is malformed"))?;
@@ -267,11 +330,24 @@ impl Verifier {
                 return Err(VerifyError::Invalid("the token is not valid yet"));
             }
         }
-        if let Some(iat) = claims.get("iat") {
-            numeric_date(Some(iat)).ok_or(VerifyError::Invalid("the token's iat is malformed"))?;
+        let iat = match claims.get("iat") {
+            Some(iat) => Some(
+                numeric_date(Some(iat))
+                    .ok_or(VerifyError::Invalid("the token's iat is malformed"))?,
+            ),
+            None => None,
+        };
+        if let Some(max_age) = self.policy.max_age {
+            let iat = iat.ok_or(MISSING)?;
+            if iat > now + self.leeway || now.saturating_sub(iat) > max_age {
+                return Err(VerifyError::Invalid(
+                    "the token is too old or not valid yet",
+                ));
+            }
         }
         let sub = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            None if !self.policy.require_sub => String::new(),
             _ => return Err(VerifyError::Invalid("the token has no subject")),
         };
         for c in &self.required_claims {
@@ -279,7 +355,10 @@ impl Verifier {
                 return Err(VerifyError::Invalid("the token lacks a required claim"));
             }
         }
-        let headers = identity_headers(&self.identity, &sub, &claims)?;
+        let headers = self
+            .project
+            .project(&sub, &claims)
+            .map_err(VerifyError::Invalid)?;
         let expired = now > exp + self.leeway;
         if !expired {
             // A valid token is cached until it expires: keep only the claims route rules
@@ -386,44 +465,4 @@ impl<'de> serde::Deserialize<'de> for UniqueMap {
 fn b64_json<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
     let raw = B64.decode(part).ok()?;
     serde_json::from_slice(&raw).ok()
-}
-
-/// Header values from claims. A value that is not a valid header value (CR, LF, NUL,
-/// non-visible bytes) fails the token rather than being split or mangled.
-pub(crate) fn identity_headers(
-    cfg: &IdentityCfg,
-    sub: &str,
-    claims: &Map<String, Value>,
-) -> Result<Vec<(HeaderName, HeaderValue)>, VerifyError> {
-    const BAD: VerifyError = VerifyError::Invalid("a claim cannot be sent as a header value");
-    let value = |s: &str| HeaderValue::from_str(s).map_err(|_| BAD);
-    let mut out = vec![(cfg.user_id.clone(), value(sub)?)];
-    let mut add = |name: &HeaderName, claim: Option<&Value>| -> Result<(), VerifyError> {
-        match claim {
-            Some(Value::String(s)) => out.push((name.clone(), value(s)?)),
-            Some(v @ (Value::Number(_) | Value::Bool(_))) => {
-                out.push((name.clone(), value(&v.to_string())?))
-            }
-            Some(Value::Array(items)) => {
-                let parts: Option<Vec<&str>> = items.iter().map(|i| i.as_str()).collect();
-                let joined = parts.ok_or(BAD)?.join(",");
-                out.push((name.clone(), value(&joined)?));
-            }
-            Some(Value::Null) | None => {}
-            Some(Value::Object(_)) => return Err(BAD),
-        }
-        Ok(())
-    };
-    add(&cfg.email, claims.get("email"))?;
-    add(&cfg.name, claims.get("name"))?;
-    for (claim, header) in &cfg.claims {
-        add(header, claims.get(claim))?;
-    }
-    if let Some(h) = &cfg.all_claims {
-        use base64::Engine;
-        let json = serde_json::to_vec(claims).map_err(|_| BAD)?;
-        let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
-        out.push((h.clone(), value(&enc)?));
-    }
-    Ok(out)
 }

@@ -1,0 +1,131 @@
+//! One exchange with the token service: make the call, classify the answer, read the
+//! tokens, and verify the new access token before anyone uses it.
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+use serde_json::Value;
+
+use super::{Lifecycle, RenewError, Session};
+use crate::token::call::Call;
+use crate::token::now_secs;
+use crate::token::verify::Verdict;
+
+/// A call and where its answer keeps the tokens.
+pub(super) struct Exchange<'a> {
+    pub call: Call,
+    pub access_ptr: &'a str,
+    pub refresh_ptr: &'a str,
+    /// The refresh token sent, kept when the service does not rotate it.
+    pub old_refresh: Option<&'a str>,
+    pub initiated: bool,
+}
+
+impl Lifecycle {
+    pub(super) async fn exchange(&self, x: Exchange<'_>) -> Result<Arc<Session>, RenewError> {
+        const REJECTED: RenewError = RenewError::Rejected("the token service refused");
+        let answer = match self.http.call(x.call).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "token service call failed");
+                return Err(self.unavailable());
+            }
+        };
+        let json: Option<Value> = serde_json::from_slice(&answer.body).ok();
+        match answer.status {
+            400 | 401 | 403 => return Err(REJECTED),
+            200..=299 => {}
+            status => {
+                tracing::warn!(status, "token service answered with an error status");
+                return Err(self.unavailable());
+            }
+        }
+        let Some(json) = json else {
+            tracing::warn!("token service answer is not JSON");
+            return Err(self.unavailable());
+        };
+        // Some services answer 200 with an OAuth-style error object.
+        if let Some(err) = json.get("error").and_then(|e| e.as_str()) {
+            if matches!(
+                err,
+                "invalid_grant" | "invalid_token" | "unauthorized_client" | "access_denied"
+            ) {
+                return Err(REJECTED);
+            }
+        }
+        let Some(access) = json
+            .pointer(x.access_ptr)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+        else {
+            tracing::warn!(
+                pointer = x.access_ptr,
+                "token service answer has no access token"
+            );
+            return Err(self.unavailable());
+        };
+        let refresh = match json
+            .pointer(x.refresh_ptr)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+        {
+            Some(r) => r.to_string(),
+            // A service that does not rotate keeps the old refresh token in force.
+            None => x.old_refresh.unwrap_or("").to_string(),
+        };
+        if HeaderValue::from_str(access).is_err() || HeaderValue::from_str(&refresh).is_err() {
+            return Err(RenewError::BadResponse(
+                "the token service returned tokens that cannot be sent",
+            ));
+        }
+        match self.verifier.verify_uncached(access, now_secs()) {
+            Ok(Verdict::Valid(v)) => Ok(Arc::new(Session {
+                access_token: access.to_string(),
+                refresh_token: refresh,
+                verified: v,
+                initiated: x.initiated,
+            })),
+            Ok(Verdict::Expired(_)) => Err(RenewError::BadResponse(
+                "the token service returned an expired token",
+            )),
+            Err(_) => Err(RenewError::BadResponse(
+                "the token service returned a token that does not verify",
+            )),
+        }
+    }
+}
+
+pub(super) fn sensitive(mut v: HeaderValue) -> HeaderValue {
+    v.set_sensitive(true);
+    v
+}
+
+/// Escapes a value for the body template: JSON string content, or form encoding.
+pub(super) fn escape(s: &str, json: bool) -> String {
+    if json {
+        // serde_json always writes a quoted string; drop exactly the outer quotes.
+        let quoted = serde_json::to_string(s).unwrap_or_default();
+        quoted
+            .get(1..quoted.len().saturating_sub(1))
+            .unwrap_or("")
+            .to_string()
+    } else {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    }
+}
+
+pub(super) fn record(
+    call: &'static str,
+    result: &Result<Arc<Session>, RenewError>,
+    started: std::time::Instant,
+) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(RenewError::Rejected(_)) => "rejected",
+        Err(RenewError::Unavailable { .. }) => "unavailable",
+        Err(RenewError::BadResponse(_)) | Err(RenewError::Expired) => "bad_response",
+    };
+    metrics::counter!("auth_sidecar_token_service_calls_total", "call" => call, "outcome" => outcome).increment(1);
+    metrics::histogram!("auth_sidecar_token_service_seconds", "call" => call)
+        .record(started.elapsed().as_secs_f64());
+}
