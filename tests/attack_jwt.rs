@@ -404,7 +404,8 @@ async fn a_token_relabelled_to_another_algorithm_of_the_same_family_is_refused()
         );
 
         // HMAC and EC families.
-        let Rig { backend, sc, .. } = Rig::start_with(|c| c.auth("algorithms", r#"["HS256", "HS384", "HS512"]"#)).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.auth("algorithms", r#"["HS256", "HS384", "HS512"]"#)).await;
         let mut x = Expect::default();
         let t = mint(Algorithm::HS256, &claims(SUB));
         for label in ["HS384", "HS512"] {
@@ -890,7 +891,11 @@ async fn a_typ_header_alone_does_not_separate_token_types_so_aud_must() {
         // Pins today's behaviour: `typ` is not checked (README lists no typ rule), so a
         // token of another type that carries *our* audience is accepted. Deployments must
         // give other token types another `aud` (see docs/security.md).
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(strict).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(strict).await;
         for typ in [
             "JWT",
             "at+jwt",

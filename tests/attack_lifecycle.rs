@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use common::mock;
+use common::token_service::{Mode, Pair, TokenService};
+use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Value};
-use common::token_service::{Mode, Pair, TokenService};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

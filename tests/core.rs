@@ -281,7 +281,11 @@ async fn the_bearer_scheme_is_case_insensitive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_in_the_configured_cookie_is_accepted() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c.auth("cookie", &q("session"))).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c.auth("cookie", &q("session"))).await;
         let token = valid();
         let r = send(
             client()
@@ -297,7 +301,11 @@ async fn a_token_in_the_configured_cookie_is_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_expired_within_the_leeway_is_still_accepted() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let token = hs256_with(json!({"exp": now() - 5}));
         get(&sc, "/echo", Some(&token)).await.ok_echo();
     })
@@ -307,7 +315,11 @@ async fn a_token_expired_within_the_leeway_is_still_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_with_the_configured_issuer_and_one_of_the_audiences_passes() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| {
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| {
             c.auth("issuer", &q("https://issuer.example"))
                 .auth("audience", r#"["chat-api", "chat-ws"]"#)
         })
@@ -393,7 +405,8 @@ async fn a_token_without_exp_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_from_the_wrong_issuer_or_without_issuer_is_rejected() {
     bounded(async {
-        let Rig { backend, sc, .. } = Rig::start_with(|c| c.auth("issuer", &q("https://issuer.example"))).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.auth("issuer", &q("https://issuer.example"))).await;
         for t in [
             hs256_with(json!({"iss": "https://evil.example"})),
             hs256_with(json!({"iss": "https://issuer.example/"})),
@@ -411,7 +424,8 @@ async fn a_token_from_the_wrong_issuer_or_without_issuer_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_for_the_wrong_audience_or_without_audience_is_rejected() {
     bounded(async {
-        let Rig { backend, sc, .. } = Rig::start_with(|c| c.auth("audience", r#"["chat-api"]"#)).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.auth("audience", r#"["chat-api"]"#)).await;
         for t in [
             hs256_with(json!({"aud": "billing"})),
             hs256_with(json!({"aud": ["billing", "admin"]})),
@@ -730,7 +744,8 @@ async fn a_token_longer_than_max_token_bytes_is_rejected_as_invalid_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_with_cr_or_lf_fails_the_request_and_never_splits_into_headers() {
     bounded(async {
-        let Rig { backend, sc, .. } = Rig::start_with(|c| c.claim_header("role", "x-auth-role")).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.claim_header("role", "x-auth-role")).await;
         for extra in [
             json!({"name": "Alice\r\nX-Injected: evil"}),
             json!({"email": "a@example.com\nX-Injected: evil"}),
@@ -796,7 +811,8 @@ async fn keys_that_cannot_verify_anything_are_an_outage_not_a_bad_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_identity_headers_are_removed_in_every_spelling() {
     bounded(async {
-        let Rig { backend, sc, .. } = Rig::start_with(|c| c.claim_header("role", "x-auth-role")).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.claim_header("role", "x-auth-role")).await;
         let token = valid();
         let auth = bearer(&token);
         let r = raw(
@@ -898,7 +914,11 @@ async fn spoofed_identity_headers_are_removed_on_public_routes_and_anonymous_opt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_header_naming_identity_headers_cannot_remove_them() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let token = valid();
         let auth = bearer(&token);
         let r = raw(
@@ -938,7 +958,11 @@ async fn a_connection_header_naming_identity_headers_cannot_remove_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_claims_are_mapped_to_their_headers() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| {
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| {
             c.claim_header("role", "x-auth-role")
                 .claim_header("tenant", "x-tenant-id")
         })
@@ -962,7 +986,11 @@ async fn configured_claims_are_mapped_to_their_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_identity_prefix_strips_every_header_under_it() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| {
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| {
             c.identity("prefix", &q("x-user-"))
                 .identity("user_id", &q("x-user-id"))
                 .identity("email", &q("x-user-email"))
@@ -1002,11 +1030,19 @@ async fn a_custom_identity_prefix_strips_every_header_under_it() {
 async fn authorization_is_forwarded_by_default_and_removed_when_configured() {
     bounded(async {
         let token = valid();
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let e = get(&sc, "/echo", Some(&token)).await.ok_echo();
         assert_eq!(e.header("authorization"), Some(bearer(&token).as_str()));
         drop(sc);
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c.auth("forward_authorization", "false")).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c.auth("forward_authorization", "false")).await;
         let e = get(&sc, "/echo", Some(&token)).await.ok_echo();
         assert!(e.header("authorization").is_none(), "{:?}", e.headers);
         assert_eq!(e.header("x-auth-user-id"), Some(SUB));
@@ -1064,7 +1100,8 @@ async fn a_token_in_both_the_header_and_the_cookie_gets_400_invalid_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_param_token_is_not_accepted_on_a_plain_request() {
     bounded(async {
-        let Rig { backend, sc, .. } = Rig::start_with(|c| c.auth("query_param", &q("access_token"))).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.auth("query_param", &q("access_token"))).await;
         let r = get(&sc, &format!("/echo?access_token={}", valid()), None).await;
         assert_rejected(&r, 401, "missing_token", &backend);
     })
@@ -1093,7 +1130,11 @@ async fn a_public_route_forwards_without_a_token_and_ignores_bad_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_optional_route_forwards_anonymous_requests_without_identity() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(with_routes).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(with_routes).await;
         let e = get(&sc, "/optional/feed", None).await.ok_echo();
         assert!(e.names_with_prefix("x-auth-").is_empty(), "{:?}", e.headers);
         let e = get(&sc, "/optional/feed", Some(&valid())).await.ok_echo();
@@ -1347,7 +1388,11 @@ async fn an_encoded_slash_or_backslash_gets_400_invalid_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_request_headers_are_not_forwarded() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let auth = bearer(&valid());
         let r = raw(
             sc.addr,
@@ -1395,7 +1440,11 @@ async fn hop_by_hop_request_headers_are_not_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_response_headers_are_not_returned() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let r = get(&sc, "/hop-response", Some(&valid())).await;
         assert_eq!(r.status, 200, "{}", r.text());
         for h in ["x-hop-resp", "keep-alive", "proxy-connection"] {
@@ -1414,7 +1463,11 @@ async fn hop_by_hop_response_headers_are_not_returned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_headers_are_set() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let t = valid();
         // Without client values.
         let e = get(&sc, "/echo", Some(&t)).await.ok_echo();
@@ -1457,7 +1510,11 @@ async fn x_forwarded_headers_are_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sane_client_request_id_is_kept_and_returned() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let id = "req-3f2a9c1e-0001";
         let r = send(
             client()
@@ -1475,7 +1532,11 @@ async fn a_sane_client_request_id_is_kept_and_returned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_id_is_generated_when_missing_or_insane() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let t = valid();
         let insane = format!("bad id \"<script>\" {}", "x".repeat(600));
         let mut ids = Vec::new();
@@ -1512,7 +1573,11 @@ async fn a_request_id_is_generated_when_missing_or_insane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_request_also_gets_a_request_id() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let r = get(&sc, "/echo", None).await;
         r.assert_error(401, "missing_token");
         assert!(
@@ -1568,7 +1633,11 @@ async fn an_absolute_form_target_is_sent_to_the_backend_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backends_own_responses_pass_through_unchanged() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let r = get(&sc, "/status/401", Some(&valid())).await;
         assert_eq!(r.status, 401);
         assert_eq!(r.header("x-backend"), Some("test"));
@@ -1605,7 +1674,11 @@ async fn a_chunked_request_body_reaches_the_backend_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_events_arrive_as_the_backend_sends_them() {
     bounded(async {
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let start = Instant::now();
         let resp = client()
             .get(sc.url("/sse"))
@@ -1672,7 +1745,11 @@ async fn a_100_mib_upload_streams_through_with_a_matching_digest() {
         }
         let expected: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
 
-        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
             (0..CHUNKS).map(|i| Ok::<_, std::io::Error>(chunk(i))),
         ));
@@ -1743,7 +1820,8 @@ async fn a_refused_backend_gives_502_backend_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_backend_gives_504_backend_timeout() {
     bounded(async {
-        let Rig { backend, sc, .. } = Rig::start_with(|c| c.backend("response_timeout", &q("500ms"))).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.backend("response_timeout", &q("500ms"))).await;
         let start = Instant::now();
         let r = get(&sc, "/slow?ms=5000", Some(&valid())).await;
         let took = start.elapsed();
@@ -1829,7 +1907,8 @@ async fn a_websocket_upgrade_without_a_token_gets_401_and_no_tunnel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_token_in_the_query_param_is_accepted_and_removed_before_forwarding() {
     bounded(async {
-        let Rig { backend, sc, .. } = Rig::start_with(|c| c.auth("query_param", &q("access_token"))).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.auth("query_param", &q("access_token"))).await;
         let token = valid();
         let (mut ws, _) = ws_connect(&sc.ws_url(&format!("/ws?room=7&access_token={token}")), &[])
             .await
@@ -1863,7 +1942,8 @@ async fn a_websocket_token_in_the_query_param_is_accepted_and_removed_before_for
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_token_in_the_subprotocol_is_accepted_and_removed_before_forwarding() {
     bounded(async {
-        let Rig { backend, sc, .. } = Rig::start_with(|c| c.auth("websocket_protocol_prefix", &q("bearer."))).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.auth("websocket_protocol_prefix", &q("bearer."))).await;
         let token = valid();
         let protocols = format!("chat, bearer.{token}");
         let (mut ws, resp) =
@@ -2163,7 +2243,11 @@ async fn check_config_refuses_an_rsa_key_under_2048_bits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stdout_line_is_json_when_the_log_format_is_json() {
     bounded(async {
-        let Rig { backend: _backend, mut sc, .. } = Rig::start_with(|c| c.log_level("debug")).await;
+        let Rig {
+            backend: _backend,
+            mut sc,
+            ..
+        } = Rig::start_with(|c| c.log_level("debug")).await;
         get(&sc, "/echo", Some(&valid())).await.ok_echo();
         get(&sc, "/echo", None)
             .await
@@ -2182,7 +2266,11 @@ async fn every_stdout_line_is_json_when_the_log_format_is_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_secret_appears_in_trace_logs() {
     bounded(async {
-        let Rig { backend: _backend, mut sc, .. } = Rig::start_with(|c| {
+        let Rig {
+            backend: _backend,
+            mut sc,
+            ..
+        } = Rig::start_with(|c| {
             c.log_level("trace")
                 .auth("cookie", &q("session"))
                 .auth("query_param", &q("access_token"))

@@ -8,10 +8,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::token_service::{Mode, Pair, Shape, TokenService};
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use common::token_service::{Mode, Pair, Shape, TokenService};
 
 const PATH: &str = "/api/messages";
 

@@ -236,7 +236,10 @@ impl Sidecar {
     /// The next stdout line, waiting at most until `deadline`; `None` on timeout or
     /// when stdout closed. Only for a sidecar from [`Sidecar::spawn`].
     pub fn next_line(&self, deadline: Instant) -> Option<String> {
-        let rx = self.lines.as_ref().expect("lines are only kept by Sidecar::spawn");
+        let rx = self
+            .lines
+            .as_ref()
+            .expect("lines are only kept by Sidecar::spawn");
         rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .ok()
     }
@@ -323,6 +326,28 @@ impl Sidecar {
     /// The process id (for signals).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends signal `sig` (e.g. `HUP`) with the `kill` command (no libc); panics if the
+    /// process is gone or `kill` fails.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("the sidecar is not running");
+        let st = Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} {pid} failed");
+    }
+
+    /// Whether the process still exists (`kill -0`).
+    pub fn is_alive(&self) -> bool {
+        self.pid().is_some_and(|pid| {
+            Command::new("kill")
+                .args(["-0", &pid.to_string()])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
     }
 
     /// SIGTERM, then wait (bounded, 10 s) for the exit and for every output line to be
