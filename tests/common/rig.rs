@@ -3,6 +3,8 @@
 //! token service and JWKS server, and starts the real binary with a [`Cfg`] (made from
 //! the backend's URL and changed by closures) or with plain arguments (an example config).
 //! The resulting [`Rig`] owns all of them; its fields can be moved out by destructuring.
+//! Bind every server the test still needs (`backend: _backend`, not `..` or `_`): an
+//! unbound field of a destructured temporary is dropped, and its server stops, at once.
 
 use std::future::Future;
 
@@ -84,7 +86,8 @@ pub struct Rig<B = Backend, T = (), J = ()> {
     pub ts: T,
     pub jwks: J,
     pub sc: Sidecar,
-    /// The config the sidecar was started with (empty for [`RigBuilder::args`]).
+    /// The config the sidecar was started with (with [`RigBuilder::args`]: unused, only
+    /// `Cfg::new(<backend url>)`).
     pub cfg: Cfg,
 }
 
