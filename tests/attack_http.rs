@@ -7,17 +7,13 @@
 //! requests it parsed, so a request made of body bytes would show.
 
 mod common;
-#[path = "common/h2raw.rs"]
-mod h2raw;
-#[path = "common/raw_backend.rs"]
-mod raw_backend;
 
 use std::time::Duration;
 
+use common::h2raw::{self, Outcome, H2};
+use common::raw_backend::{RawBackend, RawMode};
 use common::*;
-use h2raw::{Outcome, H2};
 use jsonwebtoken::Algorithm;
-use raw_backend::{RawBackend, RawMode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,37 +28,21 @@ fn routes(c: Cfg) -> Cfg {
         .claim_header("role", "x-auth-role")
 }
 
+/// A raw backend and a sidecar with [`routes`], then `f`.
 async fn raw_sidecar(f: impl FnOnce(Cfg) -> Cfg) -> (RawBackend, Sidecar) {
-    let b = RawBackend::start().await;
-    let sc = Sidecar::start(&f(routes(Cfg::new(&b.url())))).await;
-    (b, sc)
+    let Rig { backend, sc, .. } = Rig::builder()
+        .backend(RawBackend::start().await)
+        .cfg(routes)
+        .cfg(f)
+        .start()
+        .await;
+    (backend, sc)
 }
 
+/// The echo backend and a sidecar with [`routes`], then `f`.
 async fn echo_sidecar(f: impl FnOnce(Cfg) -> Cfg) -> (Backend, Sidecar) {
-    let b = Backend::start().await;
-    let sc = Sidecar::start(&f(routes(Cfg::new(&b.url())))).await;
-    (b, sc)
-}
-
-fn bearer(t: &str) -> String {
-    format!("Bearer {t}")
-}
-
-/// `METHOD target HTTP/1.1` with `Host`, the given lines, and `Connection: close`
-/// unless a Connection header is given.
-fn req(method: &str, target: &str, headers: &[(&str, &str)]) -> String {
-    let mut s = format!("{method} {target} HTTP/1.1\r\nHost: app.example.com\r\n");
-    for (k, v) in headers {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
-    {
-        s.push_str("Connection: close\r\n");
-    }
-    s.push_str("\r\n");
-    s
+    let Rig { backend, sc, .. } = Rig::builder().cfg(routes).cfg(f).start().await;
+    (backend, sc)
 }
 
 /// Writes `bytes`, then reads everything until the peer closes (or `limit`).
@@ -89,7 +69,7 @@ fn statuses(bytes: &[u8]) -> Vec<u16> {
 }
 
 async fn alive(sc: &Sidecar) {
-    let r = raw(sc.addr, &req("GET", "/public/alive", &[])).await;
+    let r = raw(sc.addr, &raw_req("GET", "/public/alive", &[])).await;
     assert_eq!(
         r.status,
         200,
@@ -188,7 +168,7 @@ async fn path_confusion(targets: &[&str]) -> Vec<String> {
     for (i, target) in targets.iter().enumerate() {
         let id = format!("pc-{i}");
         let before = backend.count();
-        let r = raw(sc.addr, &req("GET", target, &[("X-Request-Id", &id)])).await;
+        let r = raw(sc.addr, &raw_req("GET", target, &[("X-Request-Id", &id)])).await;
         let forwarded = backend.count() - before;
         match (r.status, forwarded) {
             (400 | 401 | 403 | 414, 0) if r.header("x-backend").is_none() => {}
@@ -258,12 +238,12 @@ async fn spoofed_identity_headers_in_every_spelling_and_duplicated_never_reach_t
             if with_token {
                 h.push(("Authorization", &auth));
             }
-            let r = raw(sc.addr, &req("GET", path, &h)).await;
+            let r = raw(sc.addr, &raw_req("GET", path, &h)).await;
             assert_eq!(r.status, 200, "{path}: {}", r.text());
             // CORS preflight, too.
             let r = raw(
                 sc.addr,
-                &req(
+                &raw_req(
                     "OPTIONS",
                     path,
                     &[
@@ -322,7 +302,7 @@ async fn a_connection_header_naming_identity_headers_cannot_remove_the_injected_
         ] {
             let mut h = conn.clone();
             h.push(("Authorization", &auth));
-            let r = raw(sc.addr, &req("GET", "/api/x", &h)).await;
+            let r = raw(sc.addr, &raw_req("GET", "/api/x", &h)).await;
             let e = r.ok_echo();
             for (name, want) in [
                 ("x-auth-user-id", Some(SUB)),
@@ -556,7 +536,7 @@ async fn duplicate_credentials_are_refused_whichever_way_they_come() {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            let r = raw(sc.addr, &req("GET", target, &h)).await;
+            let r = raw(sc.addr, &raw_req("GET", target, &h)).await;
             let status_ok = if *want == 0 {
                 matches!(r.status, 400 | 401)
             } else {
@@ -675,12 +655,10 @@ async fn a_segment_of_only_path_parameters_cannot_dodge_a_rule() {
         // container (`;` drops the whole segment), but route_for matches `//admin`, which
         // no rule for `/admin` covers. Under a public root rule that is an unauthenticated
         // request to /admin; under the default rule, a token without the required claim.
-        let backend = Backend::start().await;
-        let sc = Sidecar::start(
-            &Cfg::new(&backend.url())
-                .route("prefix = \"/\"\nmode = \"public\"")
-                .route("prefix = \"/admin\"\nrequire_claims = { role = \"admin\" }"),
-        )
+        let Rig { backend, sc, .. } = Rig::start_with(|c| {
+            c.route("prefix = \"/\"\nmode = \"public\"")
+                .route("prefix = \"/admin\"\nrequire_claims = { role = \"admin\" }")
+        })
         .await;
         let user = bearer(&mint(Algorithm::HS256, &claims_with(json!({"role": "user"}))));
         let mut failures = Vec::new();
@@ -691,7 +669,7 @@ async fn a_segment_of_only_path_parameters_cannot_dodge_a_rule() {
                 if let Some(a) = auth {
                     h.push(("Authorization", a));
                 }
-                let r = raw(sc.addr, &req("GET", target, &h)).await;
+                let r = raw(sc.addr, &raw_req("GET", target, &h)).await;
                 if backend.count() != before {
                     let e = backend.last();
                     let served: Vec<String> = readings(&e.path).into_iter().map(|(_, p)| p).collect();
@@ -734,7 +712,11 @@ async fn spellings_of_a_claim_protected_path_are_held_to_its_rule() {
             "/admin%2fx",
         ] {
             let before = backend.count();
-            let r = raw(sc.addr, &req("GET", target, &[("Authorization", &auth)])).await;
+            let r = raw(
+                sc.addr,
+                &raw_req("GET", target, &[("Authorization", &auth)]),
+            )
+            .await;
             if !matches!(r.status, 400 | 403) || backend.count() != before {
                 failures.push(format!(
                     "{target}: {} (forwarded {})",
@@ -746,7 +728,11 @@ async fn spellings_of_a_claim_protected_path_are_held_to_its_rule() {
         // Case: route matching is case-sensitive, and the path is forwarded as decided, so
         // `/ADMIN` reaches the backend as `/ADMIN` (a case-insensitive backend would serve
         // /admin: see docs/security.md).
-        let r = raw(sc.addr, &req("GET", "/ADMIN", &[("Authorization", &auth)])).await;
+        let r = raw(
+            sc.addr,
+            &raw_req("GET", "/ADMIN", &[("Authorization", &auth)]),
+        )
+        .await;
         if r.status == 200 {
             assert_eq!(r.echo().path, "/ADMIN");
         }
@@ -774,7 +760,7 @@ async fn routing_headers_never_change_the_decision_or_the_forwarded_path() {
             ("X-Forwarded-Host", "internal.example"),
         ];
         for path in ["/admin", "/api/x"] {
-            let r = raw(sc.addr, &req("GET", path, &spoof)).await;
+            let r = raw(sc.addr, &raw_req("GET", path, &spoof)).await;
             r.assert_error(401, "missing_token");
         }
         assert_eq!(backend.count(), 0);
@@ -782,7 +768,7 @@ async fn routing_headers_never_change_the_decision_or_the_forwarded_path() {
         // is forwarded under its own (public) path; X-Forwarded-Host is the sidecar's.
         let r = raw(
             sc.addr,
-            &req(
+            &raw_req(
                 "GET",
                 "/public/x",
                 &[
@@ -804,24 +790,6 @@ async fn routing_headers_never_change_the_decision_or_the_forwarded_path() {
 // Absolute-form, CONNECT, Host
 // ---------------------------------------------------------------------------
 
-async fn counting_listener() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    tokio::task::JoinHandle<()>,
-) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let n2 = n.clone();
-    let t = tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            drop(s);
-        }
-    });
-    (a, n, t)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_goes_to_the_configured_backend_only_and_connect_is_refused() {
     bounded(async {
@@ -834,7 +802,11 @@ async fn absolute_form_goes_to_the_configured_backend_only_and_connect_is_refuse
             "http://evil.example/api/x".to_string(),
             format!("http://user:pw@{evil}/api/x"),
         ] {
-            let r = raw(sc.addr, &req("GET", &target, &[("Authorization", &auth)])).await;
+            let r = raw(
+                sc.addr,
+                &raw_req("GET", &target, &[("Authorization", &auth)]),
+            )
+            .await;
             let e = r.ok_echo();
             assert_eq!(e.path, "/api/x", "{target}");
             assert_eq!(
@@ -1234,7 +1206,7 @@ async fn claim_values_with_cr_lf_nul_or_del_are_401_and_never_split_a_header() {
             let t = mint(Algorithm::HS256, &claims_with(extra.clone()));
             let r = raw(
                 sc.addr,
-                &req("GET", "/api/x", &[("Authorization", &bearer(&t))]),
+                &raw_req("GET", "/api/x", &[("Authorization", &bearer(&t))]),
             )
             .await;
             let is_split_risk = !extra.to_string().contains('\u{0085}');
@@ -1430,17 +1402,6 @@ async fn http2_requests_breaking_field_rules_are_reset_and_never_forwarded() {
     .await
 }
 
-fn vm_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Another client on a fresh connection (HTTP/2 prior knowledge) is served promptly.
 async fn h2_client_is_served(sc: &Sidecar) {
     let c = reqwest::Client::builder()
@@ -1601,7 +1562,7 @@ async fn a_websocket_upgrade_the_backend_refuses_is_passed_through_and_never_tun
         let auth = bearer(&valid());
         let mut h: Vec<(&str, &str)> = WS_HEADERS.to_vec();
         h.push(("Authorization", &auth));
-        let text = req("GET", "/ws-refuse", &h);
+        let text = raw_req("GET", "/ws-refuse", &h);
         let mut s = TcpStream::connect(sc.addr).await.unwrap();
         s.write_all(text.as_bytes()).await.unwrap();
         let r = common::http::read_response(&mut s).await;
@@ -1640,7 +1601,7 @@ async fn a_websocket_upgrade_the_backend_refuses_is_passed_through_and_never_tun
         let mut h: Vec<(&str, &str)> = WS_HEADERS.to_vec();
         h.push(("Authorization", &auth));
         h.push(("Content-Length", "0"));
-        let r = raw(sc.addr, &req("POST", "/ws", &h)).await;
+        let r = raw(sc.addr, &raw_req("POST", "/ws", &h)).await;
         let e = r.ok_echo();
         assert!(
             e.header("upgrade").is_none() && e.header("sec-websocket-key").is_some()
@@ -1670,7 +1631,7 @@ async fn h2c_upgrade_is_stripped_and_a_backend_101_without_an_upgrade_is_a_502()
             }
             let out = exchange(
                 sc.addr,
-                req("GET", path, &h).as_bytes(),
+                raw_req("GET", path, &h).as_bytes(),
                 Duration::from_secs(3),
             )
             .await;
@@ -1693,10 +1654,17 @@ async fn h2c_upgrade_is_stripped_and_a_backend_101_without_an_upgrade_is_a_502()
             }
         }
         // A backend that answers 101 to a request that asked for no upgrade.
-        let b101 = RawBackend::start_with(RawMode::SwitchProtocols).await;
-        let sc2 = Sidecar::start(&routes(Cfg::new(&b101.url()))).await;
+        let Rig {
+            backend: b101,
+            sc: sc2,
+            ..
+        } = Rig::builder()
+            .backend(RawBackend::start_with(RawMode::SwitchProtocols).await)
+            .cfg(routes)
+            .start()
+            .await;
         let mut s = TcpStream::connect(sc2.addr).await.unwrap();
-        s.write_all(req("GET", "/public/x", &[("Connection", "keep-alive")]).as_bytes())
+        s.write_all(raw_req("GET", "/public/x", &[("Connection", "keep-alive")]).as_bytes())
             .await
             .unwrap();
         let r = common::http::read_response(&mut s).await;
@@ -1729,7 +1697,7 @@ async fn a_cross_site_websocket_with_a_cookie_token_is_forwarded_with_its_origin
         h.push(("Origin", "https://evil.example"));
         h.push(("Connection", "Upgrade"));
         let mut s = TcpStream::connect(sc.addr).await.unwrap();
-        s.write_all(req("GET", "/ws", &h[..]).as_bytes())
+        s.write_all(raw_req("GET", "/ws", &h[..]).as_bytes())
             .await
             .unwrap();
         let (r, _) = common::http::read_head(&mut s).await;
@@ -1740,7 +1708,7 @@ async fn a_cross_site_websocket_with_a_cookie_token_is_forwarded_with_its_origin
         // Without the cookie there is no session at all.
         let mut h: Vec<(&str, &str)> = WS_HEADERS.to_vec();
         h.push(("Origin", "https://evil.example"));
-        let r = raw(sc.addr, &req("GET", "/ws", &h)).await;
+        let r = raw(sc.addr, &raw_req("GET", "/ws", &h)).await;
         r.assert_error(401, "missing_token");
     })
     .await

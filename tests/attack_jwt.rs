@@ -21,12 +21,6 @@ use serde_json::{json, Value};
 // Helpers
 // ---------------------------------------------------------------------------
 
-async fn setup(f: impl FnOnce(Cfg) -> Cfg) -> (Backend, Sidecar) {
-    let backend = Backend::start().await;
-    let sc = Sidecar::start(&f(Cfg::new(&backend.url()))).await;
-    (backend, sc)
-}
-
 fn req_with_auth(value: &str) -> String {
     format!(
         "GET /echo HTTP/1.1\r\nHost: app.example.com\r\nAuthorization: {value}\r\nConnection: close\r\n\r\n"
@@ -181,7 +175,7 @@ fn with_trailing_bits(seg: &str) -> Option<String> {
 async fn alg_none_in_every_spelling_with_or_without_a_signature_is_refused() {
     bounded(async {
         for alg_cfg in [Algorithm::HS256, Algorithm::RS256] {
-            let (backend, sc) = setup(|c| c.only(alg_cfg)).await;
+            let Rig { backend, sc, .. } = Rig::start_with(|c| c.only(alg_cfg)).await;
             let mut x = Expect::default();
             let claims = claims(SUB);
             for spelling in [
@@ -309,7 +303,7 @@ async fn hs256_signed_with_the_public_key_in_any_encoding_is_refused() {
             ("ES256-only", false),
             ("all families", true),
         ] {
-            let (backend, sc) = setup(|c| {
+            let Rig { backend, sc, .. } = Rig::start_with(|c| {
                 if mixed {
                     c.all_algorithms()
                 } else if label.starts_with("RS") {
@@ -366,7 +360,7 @@ fn relabel(token: &str, alg: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_relabelled_to_another_algorithm_of_the_same_family_is_refused() {
     bounded(async {
-        let (backend, sc) = setup(|c| {
+        let Rig { backend, sc, .. } = Rig::start_with(|c| {
             c.auth(
                 "algorithms",
                 r#"["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]"#,
@@ -410,7 +404,8 @@ async fn a_token_relabelled_to_another_algorithm_of_the_same_family_is_refused()
         );
 
         // HMAC and EC families.
-        let (backend, sc) = setup(|c| c.auth("algorithms", r#"["HS256", "HS384", "HS512"]"#)).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.auth("algorithms", r#"["HS256", "HS384", "HS512"]"#)).await;
         let mut x = Expect::default();
         let t = mint(Algorithm::HS256, &claims(SUB));
         for label in ["HS384", "HS512"] {
@@ -424,7 +419,7 @@ async fn a_token_relabelled_to_another_algorithm_of_the_same_family_is_refused()
         x.finish("HMAC family switch");
         untouched(&backend, "HMAC family switch");
 
-        let (backend, sc) = setup(|c| {
+        let Rig { backend, sc, .. } = Rig::start_with(|c| {
             c.only(Algorithm::ES256)
                 .auth("algorithms", r#"["ES256", "ES384"]"#)
         })
@@ -447,32 +442,14 @@ async fn a_token_relabelled_to_another_algorithm_of_the_same_family_is_refused()
 // Header abuse: kid, jku, x5u, jwk, x5c, crit, b64
 // ---------------------------------------------------------------------------
 
-/// A listener that counts connection attempts: a jku/x5u that is ever fetched shows up.
-async fn counting_listener() -> (
-    String,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    tokio::task::JoinHandle<()>,
-) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let n2 = n.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            drop(s);
-        }
-    });
-    (url, n, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kid_jku_x5u_jwk_x5c_crit_and_b64_header_abuse_is_refused_and_never_fetched() {
     bounded(async {
-        let (url, fetched, _task) = counting_listener().await;
+        let (addr, fetched, _task) = counting_listener().await;
+        let url = format!("http://{addr}");
         let attacker_jwk: Value = serde_json::from_slice(&read("attacker_jwk.json")).unwrap();
         let attacker = attacker_rsa_key();
-        let (backend, sc) = setup(|c| c.only(Algorithm::RS256)).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c.only(Algorithm::RS256)).await;
         let mut x = Expect::default();
         let long_kid = "k".repeat(4000);
         // kid: path traversal, SQL-ish, NUL, empty, huge, wrong types; signed with the
@@ -552,7 +529,7 @@ async fn kid_jku_x5u_jwk_x5c_crit_and_b64_header_abuse_is_refused_and_never_fetc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kid_tricks_against_an_hmac_deployment_are_refused() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let mut x = Expect::default();
         // jwt_tool's kid injections: point the key at /dev/null (empty key) or at a file
         // whose content is known, or inject SQL that returns a chosen key.
@@ -611,7 +588,7 @@ fn with(mut base: Value, k: &str, v: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_of_the_wrong_type_are_refused() {
     bounded(async {
-        let (backend, sc) = setup(strict).await;
+        let Rig { backend, sc, .. } = Rig::start_with(strict).await;
         let mut x = Expect::default();
         x.passed(
             "control",
@@ -676,7 +653,7 @@ async fn iss_must_be_one_string_not_an_array_that_merely_contains_ours() {
     bounded(async {
         // RFC 7519 §4.1.1: `iss` is a single StringOrURI. jsonwebtoken also accepts an
         // array and passes it when *any* element matches the configured issuer.
-        let (backend, sc) = setup(strict).await;
+        let Rig { backend, sc, .. } = Rig::start_with(strict).await;
         let mut x = Expect::default();
         for iss in [
             json!([ISS]),
@@ -703,7 +680,7 @@ async fn duplicated_claims_are_refused_or_read_as_the_last_one_everywhere() {
         // RFC 7519 §4: reject duplicates, or use the lexically last one, consistently. A
         // token whose `sub` one parser reads as "alice" and another as "admin" is the
         // attack; so is a role claim that is checked as one value and injected as another.
-        let (backend, sc) = setup(|c| {
+        let Rig { backend, sc, .. } = Rig::start_with(|c| {
             c.claim_header("role", "x-auth-role")
                 .route("prefix = \"/admin\"\nrequire_claims = { role = \"admin\" }")
         })
@@ -780,7 +757,7 @@ async fn duplicated_claims_are_refused_or_read_as_the_last_one_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exp_and_nbf_are_enforced_exactly_at_the_30s_leeway_boundary() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.auth("leeway", "\"30s\"")).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c.auth("leeway", "\"30s\"")).await;
         let mut x = Expect::default();
         for (what, extra, want_ok, code) in [
             ("exp = now-29", "exp-29", true, ""),
@@ -821,7 +798,7 @@ async fn exp_and_nbf_are_enforced_exactly_at_the_30s_leeway_boundary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aud_may_be_a_string_or_an_array_and_must_name_us() {
     bounded(async {
-        let (backend, sc) = setup(|c| {
+        let Rig { backend, sc, .. } = Rig::start_with(|c| {
             c.auth("issuer", &q(ISS))
                 .auth("audience", &format!("[{}, \"chat-admin\"]", q(AUD)))
         })
@@ -885,7 +862,7 @@ async fn id_and_refresh_tokens_signed_by_the_same_issuer_are_refused_by_audience
     bounded(async {
         // RFC 8725 §2.8/§3.11: cross-JWT confusion. The issuer signs ID tokens (aud = the
         // client id) and JWT refresh tokens (aud = the token service) with the same key.
-        let (backend, sc) = setup(strict).await;
+        let Rig { backend, sc, .. } = Rig::start_with(strict).await;
         let mut x = Expect::default();
         let id_token = hs(
             json!({"alg": "HS256", "typ": "JWT"}),
@@ -914,7 +891,11 @@ async fn a_typ_header_alone_does_not_separate_token_types_so_aud_must() {
         // Pins today's behaviour: `typ` is not checked (README lists no typ rule), so a
         // token of another type that carries *our* audience is accepted. Deployments must
         // give other token types another `aud` (see docs/security.md).
-        let (_backend, sc) = setup(strict).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(strict).await;
         for typ in [
             "JWT",
             "at+jwt",
@@ -937,7 +918,7 @@ async fn a_typ_header_alone_does_not_separate_token_types_so_aud_must() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_canonical_base64url_is_refused_even_when_signed() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let mut x = Expect::default();
         let header = json!({"alg": "HS256", "typ": "JWT"});
         // A payload whose standard-alphabet encoding differs from base64url.
@@ -1044,7 +1025,7 @@ async fn non_canonical_base64url_is_refused_even_when_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_structure_and_trailing_garbage_are_refused() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let t = valid();
         let (msg, sig) = t.rsplit_once('.').unwrap();
         let mut x = Expect::default();
@@ -1102,7 +1083,7 @@ async fn wrong_structure_and_trailing_garbage_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_that_are_not_objects_or_nest_10k_deep_are_refused_without_harm() {
     bounded(async {
-        let (backend, sc) = setup(|c| {
+        let Rig { backend, sc, .. } = Rig::start_with(|c| {
             c.auth("max_token_bytes", "65536")
                 .server("max_header_bytes", "262144")
         })
@@ -1190,7 +1171,7 @@ async fn payloads_that_are_not_objects_or_nest_10k_deep_are_refused_without_harm
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_tokens_are_refused_before_decoding_and_huge_heads_get_431() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         // A valid token of exactly max_token_bytes (8192) passes.
         let mut n = 8000;
         let exact = loop {
@@ -1277,7 +1258,7 @@ fn der_int(v: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_out_of_range_and_mis_encoded_ecdsa_signatures_are_refused() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.only(Algorithm::ES256)).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c.only(Algorithm::ES256)).await;
         let t = mint(Algorithm::ES256, &claims(SUB));
         let (msg, sig) = t.rsplit_once('.').unwrap();
         let raw_sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
@@ -1566,7 +1547,7 @@ async fn a_weak_key_mixed_into_a_jwks_is_skipped_and_never_verifies() {
             "mixed.json",
             &json!({"keys": [rs1, rsa1024_jwk("weak")]}),
         );
-        let (backend, sc) = setup(|c| {
+        let Rig { backend, sc, .. } = Rig::start_with(|c| {
             c.only(Algorithm::RS256)
                 .no_auth_key("public_keys")
                 .auth("jwks_file", &q(&jwks))

@@ -6,43 +6,31 @@
 //! forged refresh attempts. Each test is bounded (< 30 s).
 
 mod common;
-#[path = "common/mock.rs"]
-mod mock;
-#[path = "common/token_service.rs"]
-mod token_service;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::mock;
+use common::token_service::{Mode, Pair, TokenService};
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Value};
-use token_service::{Mode, Pair, TokenService};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const API_KEY: &str = "itest-initiate-api-key-5f1e2d3c4b5a69788796a5b4c3d2";
-const API_KEY_ENV: &str = "TEST_INITIATE_API_KEY";
 const LIMIT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
 // Rigs
 // ---------------------------------------------------------------------------
 
-struct Rig {
-    ts: TokenService,
-    backend: Backend,
-    sc: Sidecar,
-}
-
 /// The mock token service, a backend and the sidecar; `refresh` and `initiate` are the
 /// lines of those sections (url and api key are filled in); `initiate = None` leaves
 /// initiate off.
-async fn rig(refresh: &str, initiate: Option<&str>) -> Rig {
+async fn rig(refresh: &str, initiate: Option<&str>) -> Rig<Backend, TokenService> {
     let ts = TokenService::start(API_KEY).await;
-    let backend = Backend::start().await;
     let mut extra = format!(
         "[refresh]\nurl = {}\ntimeout = \"1s\"\nretry_after = \"2s\"\n{refresh}\n",
         q(&ts.refresh_url())
@@ -54,11 +42,12 @@ async fn rig(refresh: &str, initiate: Option<&str>) -> Rig {
             q(API_KEY_ENV)
         ));
     }
-    let c = Cfg::new(&backend.url())
+    Rig::builder()
+        .token_service(ts)
         .env(API_KEY_ENV, API_KEY)
-        .extra(&extra);
-    let sc = Sidecar::start(&c).await;
-    Rig { ts, backend, sc }
+        .cfg(move |c| c.extra(&extra))
+        .start()
+        .await
 }
 
 fn build(
@@ -119,17 +108,6 @@ async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cond()
-}
-
-fn vm_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// An HS256 access token for `sub` that expired `ago` seconds ago (valid signature).
@@ -277,12 +255,13 @@ fn json_200(v: &Value) -> Act {
 
 async fn raw_rig(script: Script, refresh_extra: &str) -> (RawService, Backend, Sidecar) {
     let svc = RawService::start(script).await;
-    let backend = Backend::start().await;
-    let c = Cfg::new(&backend.url()).extra(&format!(
-        "[refresh]\nurl = {}\ntimeout = \"1s\"\nretry_after = \"2s\"\n{refresh_extra}\n",
-        q(&svc.url())
-    ));
-    let sc = Sidecar::start(&c).await;
+    let Rig { backend, sc, .. } = Rig::start_with(|c| {
+        c.extra(&format!(
+            "[refresh]\nurl = {}\ntimeout = \"1s\"\nretry_after = \"2s\"\n{refresh_extra}\n",
+            q(&svc.url())
+        ))
+    })
+    .await;
     (svc, backend, sc)
 }
 
@@ -649,16 +628,18 @@ fn rs1_jwk() -> Value {
 }
 
 async fn jwks_rig(jwks_url: &str, extra: &[(&str, &str)]) -> (Backend, Sidecar) {
-    let backend = Backend::start().await;
-    let mut c = Cfg::new(&backend.url())
-        .auth("algorithms", r#"["RS256"]"#)
-        .no_auth_key("hmac_secret")
-        .auth("jwks_url", &q(jwks_url))
-        .auth("jwks_timeout", "\"1s\"");
-    for (k, v) in extra {
-        c = c.auth(k, v);
-    }
-    let sc = Sidecar::start(&c).await;
+    let Rig { backend, sc, .. } = Rig::start_with(|c| {
+        let mut c = c
+            .auth("algorithms", r#"["RS256"]"#)
+            .no_auth_key("hmac_secret")
+            .auth("jwks_url", &q(jwks_url))
+            .auth("jwks_timeout", "\"1s\"");
+        for (k, v) in extra {
+            c = c.auth(k, v);
+        }
+        c
+    })
+    .await;
     (backend, sc)
 }
 

@@ -25,23 +25,12 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<T
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// A backend and a sidecar in front of it, configured by `f`.
-async fn setup(f: impl FnOnce(Cfg) -> Cfg) -> (Backend, Sidecar) {
-    let backend = Backend::start().await;
-    let sc = Sidecar::start(&f(Cfg::new(&backend.url()))).await;
-    (backend, sc)
-}
-
 /// The standard route table used by the route tests.
 fn with_routes(c: Cfg) -> Cfg {
     c.route("prefix = \"/public\"\nmode = \"public\"")
         .route("prefix = \"/optional\"\nmode = \"optional\"")
         .route("prefix = \"/readonly\"\nmethods = [\"GET\"]")
         .route("prefix = \"/admin\"\nrequire_claims = { role = \"admin\" }")
-}
-
-async fn send(rb: reqwest::RequestBuilder) -> Resp {
-    Resp::from_reqwest(rb.send().await.expect("request to the sidecar failed")).await
 }
 
 /// GET `path` with an optional bearer token.
@@ -51,27 +40,6 @@ async fn get(sc: &Sidecar, path: &str, token: Option<&str>) -> Resp {
         rb = rb.bearer_auth(t);
     }
     send(rb).await
-}
-
-/// A raw HTTP/1.1 request: `Host: app.example.com`, the given header lines, and
-/// `Connection: close` unless a Connection header is given.
-fn raw_req(method: &str, target: &str, headers: &[(&str, &str)]) -> String {
-    let mut s = format!("{method} {target} HTTP/1.1\r\nHost: app.example.com\r\n");
-    for (k, v) in headers {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
-    {
-        s.push_str("Connection: close\r\n");
-    }
-    s.push_str("\r\n");
-    s
-}
-
-fn bearer(t: &str) -> String {
-    format!("Bearer {t}")
 }
 
 /// Asserts a sidecar error answer and that the backend was never reached.
@@ -147,7 +115,7 @@ fn ws_headers(resp: &tungstenite::http::Response<Option<Vec<u8>>>, name: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_hs256_token_is_forwarded_with_identity_headers() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let token = valid();
         let r = get(&sc, "/echo?a=1", Some(&token)).await;
         let e = r.ok_echo();
@@ -163,7 +131,7 @@ async fn a_valid_hs256_token_is_forwarded_with_identity_headers() {
 
 /// A valid token for `alg` passes a sidecar that allows only `alg`.
 async fn assert_algorithm_passes(alg: Algorithm) {
-    let (backend, sc) = setup(|c| c.only(alg)).await;
+    let Rig { backend, sc, .. } = Rig::start_with(|c| c.only(alg)).await;
     let sub = format!("user-{}", alg_name(alg));
     let token = mint(
         alg,
@@ -207,7 +175,7 @@ async fn a_valid_eddsa_token_is_forwarded_with_identity_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_algorithm_passes_when_several_key_families_are_allowed_at_once() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.all_algorithms()).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c.all_algorithms()).await;
         let algs = [
             Algorithm::HS256,
             Algorithm::RS256,
@@ -234,7 +202,7 @@ async fn every_algorithm_passes_when_several_key_families_are_allowed_at_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rs256_token_is_verified_with_the_key_from_a_jwks_file() {
     bounded(async {
-        let (backend, sc) = setup(|c| {
+        let Rig { backend, sc, .. } = Rig::start_with(|c| {
             c.auth("algorithms", r#"["RS256"]"#)
                 .no_auth_key("hmac_secret")
                 .auth("jwks_file", &q(&fixture("jwks.json")))
@@ -261,7 +229,7 @@ async fn an_rs256_token_is_verified_with_the_key_from_a_jwks_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oct_key_in_the_jwks_file_never_becomes_an_hmac_key() {
     bounded(async {
-        let (backend, sc) = setup(|c| {
+        let Rig { backend, sc, .. } = Rig::start_with(|c| {
             c.auth("algorithms", r#"["HS256", "RS256"]"#)
                 .auth("jwks_file", &q(&fixture("jwks.json")))
         })
@@ -290,7 +258,7 @@ async fn an_oct_key_in_the_jwks_file_never_becomes_an_hmac_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bearer_scheme_is_case_insensitive() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let token = valid();
         for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
             let r = send(
@@ -313,7 +281,11 @@ async fn the_bearer_scheme_is_case_insensitive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_in_the_configured_cookie_is_accepted() {
     bounded(async {
-        let (_backend, sc) = setup(|c| c.auth("cookie", &q("session"))).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c.auth("cookie", &q("session"))).await;
         let token = valid();
         let r = send(
             client()
@@ -329,7 +301,11 @@ async fn a_token_in_the_configured_cookie_is_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_expired_within_the_leeway_is_still_accepted() {
     bounded(async {
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let token = hs256_with(json!({"exp": now() - 5}));
         get(&sc, "/echo", Some(&token)).await.ok_echo();
     })
@@ -339,7 +315,11 @@ async fn a_token_expired_within_the_leeway_is_still_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_with_the_configured_issuer_and_one_of_the_audiences_passes() {
     bounded(async {
-        let (_backend, sc) = setup(|c| {
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| {
             c.auth("issuer", &q("https://issuer.example"))
                 .auth("audience", r#"["chat-api", "chat-ws"]"#)
         })
@@ -359,7 +339,7 @@ async fn a_token_with_the_configured_issuer_and_one_of_the_audiences_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_a_token_gets_401_missing_token() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let r = get(&sc, "/echo", None).await;
         assert_rejected(&r, 401, "missing_token", &backend);
         // An empty bearer credential is not a token either.
@@ -378,7 +358,7 @@ async fn a_request_without_a_token_gets_401_missing_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_bearer_authorization_is_not_accepted_as_a_token() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         // RFC 6750 §3.1: a request that "attempted using an unsupported authentication
         // method" lacks a bearer token: 401 with the bare Bearer challenge, not a 400.
         let r = send(
@@ -395,7 +375,7 @@ async fn a_non_bearer_authorization_is_not_accepted_as_a_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_gets_401_token_expired() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let r = get(&sc, "/echo", Some(&expired())).await;
         assert_rejected(&r, 401, "token_expired", &backend);
     })
@@ -405,7 +385,7 @@ async fn an_expired_token_gets_401_token_expired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_is_not_yet_valid_gets_401_invalid_token() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let r = get(&sc, "/echo", Some(&future_nbf())).await;
         assert_rejected(&r, 401, "invalid_token", &backend);
     })
@@ -415,7 +395,7 @@ async fn a_token_that_is_not_yet_valid_gets_401_invalid_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_without_exp_is_rejected() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let r = get(&sc, "/echo", Some(&hs256_with(json!({"exp": null})))).await;
         assert_rejected(&r, 401, "invalid_token", &backend);
     })
@@ -425,7 +405,8 @@ async fn a_token_without_exp_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_from_the_wrong_issuer_or_without_issuer_is_rejected() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.auth("issuer", &q("https://issuer.example"))).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.auth("issuer", &q("https://issuer.example"))).await;
         for t in [
             hs256_with(json!({"iss": "https://evil.example"})),
             hs256_with(json!({"iss": "https://issuer.example/"})),
@@ -443,7 +424,8 @@ async fn a_token_from_the_wrong_issuer_or_without_issuer_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_for_the_wrong_audience_or_without_audience_is_rejected() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.auth("audience", r#"["chat-api"]"#)).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.auth("audience", r#"["chat-api"]"#)).await;
         for t in [
             hs256_with(json!({"aud": "billing"})),
             hs256_with(json!({"aud": ["billing", "admin"]})),
@@ -461,7 +443,7 @@ async fn a_token_for_the_wrong_audience_or_without_audience_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_without_sub_or_with_an_empty_sub_is_rejected() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         for t in [
             hs256_with(json!({"sub": null})),
             hs256_with(json!({"sub": ""})),
@@ -478,7 +460,7 @@ async fn a_token_without_sub_or_with_an_empty_sub_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_with_a_crit_header_is_rejected() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let key = jsonwebtoken::EncodingKey::from_secret(HS_SECRET.as_bytes());
         for header in [
             json!({"alg": "HS256", "typ": "JWT", "crit": ["exp"]}),
@@ -506,7 +488,7 @@ async fn a_token_with_a_crit_header_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alg_none_is_rejected_in_every_spelling() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.all_algorithms()).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c.all_algorithms()).await;
         for spelling in ["none", "None", "NONE", "nOnE"] {
             let t = alg_none(spelling);
             get(&sc, "/echo", Some(&t))
@@ -532,7 +514,7 @@ async fn alg_none_is_rejected_in_every_spelling() {
 async fn an_hs256_token_signed_with_the_rsa_public_key_is_rejected() {
     bounded(async {
         // RS256 only: HS256 is not in the allow-list.
-        let (backend, sc) = setup(|c| {
+        let Rig { backend, sc, .. } = Rig::start_with(|c| {
             c.auth("algorithms", r#"["RS256"]"#)
                 .no_auth_key("hmac_secret")
                 .auth(
@@ -553,7 +535,7 @@ async fn an_hs256_token_signed_with_the_rsa_public_key_is_rejected() {
         );
         drop(sc);
         // Both families allowed: the RSA key must still never be used as an HMAC secret.
-        let (backend, sc) = setup(|c| c.all_algorithms()).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c.all_algorithms()).await;
         assert_rejected(
             &get(&sc, "/echo", Some(&t)).await,
             401,
@@ -578,7 +560,7 @@ async fn a_token_with_a_tampered_payload_is_rejected() {
             Algorithm::ES256,
             Algorithm::EdDSA,
         ] {
-            let (backend, sc) = setup(|c| c.only(alg)).await;
+            let Rig { backend, sc, .. } = Rig::start_with(|c| c.only(alg)).await;
             let t = mint(alg, &claims(SUB));
             let forged = tamper_payload(&t, &claims("admin"));
             get(&sc, "/echo", Some(&forged))
@@ -602,7 +584,7 @@ async fn a_token_with_a_tampered_signature_is_rejected() {
             Algorithm::ES256,
             Algorithm::EdDSA,
         ] {
-            let (backend, sc) = setup(|c| c.only(alg)).await;
+            let Rig { backend, sc, .. } = Rig::start_with(|c| c.only(alg)).await;
             let good = mint(alg, &claims(SUB));
             get(&sc, "/echo", Some(&tamper_signature(&good)))
                 .await
@@ -618,7 +600,7 @@ async fn a_token_with_a_tampered_signature_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_algorithm_outside_the_allow_list_is_rejected() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         for alg in [
             Algorithm::HS384,
             Algorithm::HS512,
@@ -659,7 +641,7 @@ async fn jku_x5u_and_jwk_headers_are_never_fetched_or_trusted() {
                     .await;
             }
         });
-        let (backend, sc) = setup(|c| c.only(Algorithm::RS256)).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c.only(Algorithm::RS256)).await;
         let jwk: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(fixture("attacker_jwk.json")).unwrap()).unwrap();
         let attacker = attacker_rsa_key();
@@ -691,7 +673,7 @@ async fn jku_x5u_and_jwk_headers_are_never_fetched_or_trusted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_tokens_are_rejected_as_invalid_token() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let good = valid();
         let (h, rest) = good.split_once('.').unwrap();
         let (p, s) = rest.split_once('.').unwrap();
@@ -733,7 +715,7 @@ async fn malformed_tokens_are_rejected_as_invalid_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_longer_than_max_token_bytes_is_rejected_as_invalid_token() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         // Over the default 8192 bytes, but correctly signed and well inside header limits.
         let t = oversized(9000);
         assert_rejected(
@@ -744,7 +726,7 @@ async fn a_token_longer_than_max_token_bytes_is_rejected_as_invalid_token() {
         );
         drop(sc);
         // A configured lower limit applies too; a token under it passes.
-        let (backend, sc) = setup(|c| c.auth("max_token_bytes", "600")).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c.auth("max_token_bytes", "600")).await;
         let big = oversized(700);
         assert_rejected(
             &get(&sc, "/echo", Some(&big)).await,
@@ -762,7 +744,8 @@ async fn a_token_longer_than_max_token_bytes_is_rejected_as_invalid_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_with_cr_or_lf_fails_the_request_and_never_splits_into_headers() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.claim_header("role", "x-auth-role")).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.claim_header("role", "x-auth-role")).await;
         for extra in [
             json!({"name": "Alice\r\nX-Injected: evil"}),
             json!({"email": "a@example.com\nX-Injected: evil"}),
@@ -794,13 +777,16 @@ async fn keys_that_cannot_verify_anything_are_an_outage_not_a_bad_token() {
         // A JWKS file with only an `oct` key: no usable public key for RS256. A
         // production proxy either refuses such a config at startup or answers 503
         // keys_unavailable; it never lets the token through and never says 401.
-        let backend = Backend::start().await;
-        let cfg = Cfg::new(&backend.url())
-            .auth("algorithms", r#"["RS256"]"#)
-            .no_auth_key("hmac_secret")
-            .auth("jwks_file", &q(&fixture("jwks_oct_only.json")));
-        match Sidecar::try_start(&cfg).await {
-            Err(f) => {
+        let started = Rig::builder()
+            .cfg(|c| {
+                c.auth("algorithms", r#"["RS256"]"#)
+                    .no_auth_key("hmac_secret")
+                    .auth("jwks_file", &q(&fixture("jwks_oct_only.json")))
+            })
+            .try_start()
+            .await;
+        match started {
+            Err((f, _cfg)) => {
                 let out = f.output.to_ascii_lowercase();
                 assert!(
                     out.contains("jwks") || out.contains("key"),
@@ -808,7 +794,7 @@ async fn keys_that_cannot_verify_anything_are_an_outage_not_a_bad_token() {
                     f.output
                 );
             }
-            Ok(sc) => {
+            Ok(Rig { backend, sc, .. }) => {
                 let t = mint(Algorithm::RS256, &claims(SUB));
                 let r = get(&sc, "/echo", Some(&t)).await;
                 assert_rejected(&r, 503, "keys_unavailable", &backend);
@@ -825,7 +811,8 @@ async fn keys_that_cannot_verify_anything_are_an_outage_not_a_bad_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_identity_headers_are_removed_in_every_spelling() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.claim_header("role", "x-auth-role")).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.claim_header("role", "x-auth-role")).await;
         let token = valid();
         let auth = bearer(&token);
         let r = raw(
@@ -879,7 +866,7 @@ async fn spoofed_identity_headers_are_removed_in_every_spelling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_identity_headers_are_removed_on_public_routes_and_anonymous_optional_requests() {
     bounded(async {
-        let (backend, sc) = setup(with_routes).await;
+        let Rig { backend, sc, .. } = Rig::start_with(with_routes).await;
         for path in ["/public/page", "/optional/page"] {
             let r = raw(
                 sc.addr,
@@ -927,7 +914,11 @@ async fn spoofed_identity_headers_are_removed_on_public_routes_and_anonymous_opt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_header_naming_identity_headers_cannot_remove_them() {
     bounded(async {
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let token = valid();
         let auth = bearer(&token);
         let r = raw(
@@ -967,7 +958,11 @@ async fn a_connection_header_naming_identity_headers_cannot_remove_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_claims_are_mapped_to_their_headers() {
     bounded(async {
-        let (_backend, sc) = setup(|c| {
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| {
             c.claim_header("role", "x-auth-role")
                 .claim_header("tenant", "x-tenant-id")
         })
@@ -991,7 +986,11 @@ async fn configured_claims_are_mapped_to_their_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_identity_prefix_strips_every_header_under_it() {
     bounded(async {
-        let (_backend, sc) = setup(|c| {
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| {
             c.identity("prefix", &q("x-user-"))
                 .identity("user_id", &q("x-user-id"))
                 .identity("email", &q("x-user-email"))
@@ -1031,11 +1030,19 @@ async fn a_custom_identity_prefix_strips_every_header_under_it() {
 async fn authorization_is_forwarded_by_default_and_removed_when_configured() {
     bounded(async {
         let token = valid();
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let e = get(&sc, "/echo", Some(&token)).await.ok_echo();
         assert_eq!(e.header("authorization"), Some(bearer(&token).as_str()));
         drop(sc);
-        let (_backend, sc) = setup(|c| c.auth("forward_authorization", "false")).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c.auth("forward_authorization", "false")).await;
         let e = get(&sc, "/echo", Some(&token)).await.ok_echo();
         assert!(e.header("authorization").is_none(), "{:?}", e.headers);
         assert_eq!(e.header("x-auth-user-id"), Some(SUB));
@@ -1054,7 +1061,7 @@ async fn authorization_is_forwarded_by_default_and_removed_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_authorization_headers_get_400_invalid_request() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let a = bearer(&valid());
         let b = bearer(&valid_for("bob"));
         for (first, second) in [(&a, &b), (&a, &a)] {
@@ -1076,7 +1083,7 @@ async fn two_authorization_headers_get_400_invalid_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_in_both_the_header_and_the_cookie_gets_400_invalid_request() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.auth("cookie", &q("session"))).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c.auth("cookie", &q("session"))).await;
         let t = valid();
         let r = send(
             client()
@@ -1093,7 +1100,8 @@ async fn a_token_in_both_the_header_and_the_cookie_gets_400_invalid_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_param_token_is_not_accepted_on_a_plain_request() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.auth("query_param", &q("access_token"))).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.auth("query_param", &q("access_token"))).await;
         let r = get(&sc, &format!("/echo?access_token={}", valid()), None).await;
         assert_rejected(&r, 401, "missing_token", &backend);
     })
@@ -1107,7 +1115,7 @@ async fn a_query_param_token_is_not_accepted_on_a_plain_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_route_forwards_without_a_token_and_ignores_bad_ones() {
     bounded(async {
-        let (backend, sc) = setup(with_routes).await;
+        let Rig { backend, sc, .. } = Rig::start_with(with_routes).await;
         let e = get(&sc, "/public/page", None).await.ok_echo();
         assert_eq!(e.path, "/public/page");
         assert!(e.header("x-auth-user-id").is_none());
@@ -1122,7 +1130,11 @@ async fn a_public_route_forwards_without_a_token_and_ignores_bad_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_optional_route_forwards_anonymous_requests_without_identity() {
     bounded(async {
-        let (_backend, sc) = setup(with_routes).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(with_routes).await;
         let e = get(&sc, "/optional/feed", None).await.ok_echo();
         assert!(e.names_with_prefix("x-auth-").is_empty(), "{:?}", e.headers);
         let e = get(&sc, "/optional/feed", Some(&valid())).await.ok_echo();
@@ -1134,7 +1146,7 @@ async fn an_optional_route_forwards_anonymous_requests_without_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_optional_route_still_rejects_a_bad_token() {
     bounded(async {
-        let (backend, sc) = setup(with_routes).await;
+        let Rig { backend, sc, .. } = Rig::start_with(with_routes).await;
         get(&sc, "/optional/feed", Some("garbage"))
             .await
             .assert_error(401, "invalid_token");
@@ -1152,7 +1164,7 @@ async fn an_optional_route_still_rejects_a_bad_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_under_no_route_requires_a_token() {
     bounded(async {
-        let (backend, sc) = setup(with_routes).await;
+        let Rig { backend, sc, .. } = Rig::start_with(with_routes).await;
         assert_rejected(
             &get(&sc, "/anything/else", None).await,
             401,
@@ -1167,7 +1179,7 @@ async fn a_path_under_no_route_requires_a_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_prefix_matches_whole_path_segments_only() {
     bounded(async {
-        let (backend, sc) = setup(with_routes).await;
+        let Rig { backend, sc, .. } = Rig::start_with(with_routes).await;
         for path in ["/publicity", "/public-admin/x", "/public.json"] {
             let r = get(&sc, path, None).await;
             assert_eq!(
@@ -1186,7 +1198,7 @@ async fn a_route_prefix_matches_whole_path_segments_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_method_the_route_does_not_allow_gets_403_insufficient_scope() {
     bounded(async {
-        let (backend, sc) = setup(with_routes).await;
+        let Rig { backend, sc, .. } = Rig::start_with(with_routes).await;
         let t = valid();
         get(&sc, "/readonly/doc", Some(&t)).await.ok_echo();
         for method in [
@@ -1215,7 +1227,7 @@ async fn a_method_the_route_does_not_allow_gets_403_insufficient_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_lacking_the_required_claims_gets_403_insufficient_scope() {
     bounded(async {
-        let (backend, sc) = setup(with_routes).await;
+        let Rig { backend, sc, .. } = Rig::start_with(with_routes).await;
         for t in [
             hs256_with(json!({"role": "user"})),
             valid(),
@@ -1244,7 +1256,7 @@ async fn a_token_lacking_the_required_claims_gets_403_insufficient_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_segments_are_resolved_before_route_matching_and_forwarding() {
     bounded(async {
-        let (backend, sc) = setup(with_routes).await;
+        let Rig { backend, sc, .. } = Rig::start_with(with_routes).await;
         // Escaping a public prefix with .. lands on a protected path.
         for target in [
             "/public/../admin/panel",
@@ -1284,7 +1296,7 @@ async fn dot_segments_are_resolved_before_route_matching_and_forwarding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn percent_encoded_paths_are_decoded_once_for_matching() {
     bounded(async {
-        let (backend, sc) = setup(with_routes).await;
+        let Rig { backend, sc, .. } = Rig::start_with(with_routes).await;
         // Encoded letters cannot dodge a route.
         let r = raw(sc.addr, &raw_req("GET", "/%61dmin/panel", &[])).await;
         r.assert_error(401, "missing_token");
@@ -1333,7 +1345,7 @@ fn percent_decode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn double_slashes_are_merged() {
     bounded(async {
-        let (backend, sc) = setup(with_routes).await;
+        let Rig { backend, sc, .. } = Rig::start_with(with_routes).await;
         let e = raw(sc.addr, &raw_req("GET", "//public//page", &[]))
             .await
             .ok_echo();
@@ -1348,7 +1360,7 @@ async fn double_slashes_are_merged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encoded_slash_or_backslash_gets_400_invalid_request() {
     bounded(async {
-        let (backend, sc) = setup(with_routes).await;
+        let Rig { backend, sc, .. } = Rig::start_with(with_routes).await;
         let auth = bearer(&valid());
         for target in [
             "/public%2F..%2Fadmin/panel",
@@ -1376,7 +1388,11 @@ async fn an_encoded_slash_or_backslash_gets_400_invalid_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_request_headers_are_not_forwarded() {
     bounded(async {
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let auth = bearer(&valid());
         let r = raw(
             sc.addr,
@@ -1424,7 +1440,11 @@ async fn hop_by_hop_request_headers_are_not_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_response_headers_are_not_returned() {
     bounded(async {
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let r = get(&sc, "/hop-response", Some(&valid())).await;
         assert_eq!(r.status, 200, "{}", r.text());
         for h in ["x-hop-resp", "keep-alive", "proxy-connection"] {
@@ -1443,7 +1463,11 @@ async fn hop_by_hop_response_headers_are_not_returned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_headers_are_set() {
     bounded(async {
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let t = valid();
         // Without client values.
         let e = get(&sc, "/echo", Some(&t)).await.ok_echo();
@@ -1486,7 +1510,11 @@ async fn x_forwarded_headers_are_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sane_client_request_id_is_kept_and_returned() {
     bounded(async {
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let id = "req-3f2a9c1e-0001";
         let r = send(
             client()
@@ -1504,7 +1532,11 @@ async fn a_sane_client_request_id_is_kept_and_returned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_id_is_generated_when_missing_or_insane() {
     bounded(async {
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let t = valid();
         let insane = format!("bad id \"<script>\" {}", "x".repeat(600));
         let mut ids = Vec::new();
@@ -1541,7 +1573,11 @@ async fn a_request_id_is_generated_when_missing_or_insane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_request_also_gets_a_request_id() {
     bounded(async {
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let r = get(&sc, "/echo", None).await;
         r.assert_error(401, "missing_token");
         assert!(
@@ -1573,7 +1609,7 @@ async fn an_absolute_form_target_is_sent_to_the_backend_only() {
                 h.fetch_add(1, Ordering::SeqCst);
             }
         });
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let auth = bearer(&valid());
         let target = format!("http://{lure_addr}/echo?x=1");
         let host = lure_addr.to_string();
@@ -1597,7 +1633,11 @@ async fn an_absolute_form_target_is_sent_to_the_backend_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backends_own_responses_pass_through_unchanged() {
     bounded(async {
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let r = get(&sc, "/status/401", Some(&valid())).await;
         assert_eq!(r.status, 401);
         assert_eq!(r.header("x-backend"), Some("test"));
@@ -1619,7 +1659,7 @@ async fn the_backends_own_responses_pass_through_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_request_body_reaches_the_backend_intact() {
     bounded(async {
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig { backend: _backend, sc, .. } = Rig::start_with(|c| c).await;
         let auth = bearer(&valid());
         let req = format!(
             "POST /echo HTTP/1.1\r\nHost: app.example.com\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"
@@ -1634,7 +1674,11 @@ async fn a_chunked_request_body_reaches_the_backend_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_events_arrive_as_the_backend_sends_them() {
     bounded(async {
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let start = Instant::now();
         let resp = client()
             .get(sc.url("/sse"))
@@ -1701,7 +1745,11 @@ async fn a_100_mib_upload_streams_through_with_a_matching_digest() {
         }
         let expected: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
 
-        let (_backend, sc) = setup(|c| c).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c).await;
         let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
             (0..CHUNKS).map(|i| Ok::<_, std::io::Error>(chunk(i))),
         ));
@@ -1728,7 +1776,7 @@ async fn a_100_mib_upload_streams_through_with_a_matching_digest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_requests_are_served() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let h2 = reqwest::Client::builder()
             .no_proxy()
             .http2_prior_knowledge()
@@ -1759,7 +1807,10 @@ async fn http2_prior_knowledge_requests_are_served() {
 async fn a_refused_backend_gives_502_backend_unavailable() {
     bounded(async {
         let dead = refusing_addr();
-        let sc = Sidecar::start(&Cfg::new(&format!("http://{dead}"))).await;
+        let Rig { sc, .. } = Rig::builder()
+            .backend(format!("http://{dead}"))
+            .start()
+            .await;
         let r = get(&sc, "/echo", Some(&valid())).await;
         r.assert_error(502, "backend_unavailable");
     })
@@ -1769,7 +1820,8 @@ async fn a_refused_backend_gives_502_backend_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_backend_gives_504_backend_timeout() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.backend("response_timeout", &q("500ms"))).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.backend("response_timeout", &q("500ms"))).await;
         let start = Instant::now();
         let r = get(&sc, "/slow?ms=5000", Some(&valid())).await;
         let took = start.elapsed();
@@ -1793,7 +1845,7 @@ async fn a_slow_backend_gives_504_backend_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_echo_works_through_the_proxy_with_a_bearer_token() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let auth = bearer(&valid());
         let (mut ws, resp) = ws_connect(&sc.ws_url("/ws"), &[("authorization", &auth)])
             .await
@@ -1828,7 +1880,7 @@ async fn a_websocket_echo_works_through_the_proxy_with_a_bearer_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_without_a_token_gets_401_and_no_tunnel() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let err = ws_refused(
             ws_connect(&sc.ws_url("/ws"), &[]).await,
             "the upgrade must be refused",
@@ -1855,7 +1907,8 @@ async fn a_websocket_upgrade_without_a_token_gets_401_and_no_tunnel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_token_in_the_query_param_is_accepted_and_removed_before_forwarding() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.auth("query_param", &q("access_token"))).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.auth("query_param", &q("access_token"))).await;
         let token = valid();
         let (mut ws, _) = ws_connect(&sc.ws_url(&format!("/ws?room=7&access_token={token}")), &[])
             .await
@@ -1889,7 +1942,8 @@ async fn a_websocket_token_in_the_query_param_is_accepted_and_removed_before_for
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_token_in_the_subprotocol_is_accepted_and_removed_before_forwarding() {
     bounded(async {
-        let (backend, sc) = setup(|c| c.auth("websocket_protocol_prefix", &q("bearer."))).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.auth("websocket_protocol_prefix", &q("bearer."))).await;
         let token = valid();
         let protocols = format!("chat, bearer.{token}");
         let (mut ws, resp) =
@@ -1919,7 +1973,7 @@ async fn a_websocket_token_in_the_subprotocol_is_accepted_and_removed_before_for
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_the_backend_answers_without_101_is_not_tunnelled() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let auth = bearer(&valid());
         let err = ws_refused(
             ws_connect(&sc.ws_url("/ws-refuse"), &[("authorization", &auth)]).await,
@@ -1961,7 +2015,7 @@ async fn an_upgrade_the_backend_answers_without_101_is_not_tunnelled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_answers_liveness_and_readiness() {
     bounded(async {
-        let (backend, sc) = setup(|c| c).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let r = send(client().get(sc.admin_url("/healthz"))).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let r = send(client().get(sc.admin_url("/readyz"))).await;
@@ -1977,7 +2031,10 @@ async fn the_admin_listener_answers_liveness_and_readiness() {
 async fn readiness_fails_while_the_backend_is_unreachable() {
     bounded(async {
         let dead = refusing_addr();
-        let sc = Sidecar::start(&Cfg::new(&format!("http://{dead}"))).await;
+        let Rig { sc, .. } = Rig::builder()
+            .backend(format!("http://{dead}"))
+            .start()
+            .await;
         let r = send(client().get(sc.admin_url("/readyz"))).await;
         assert_ne!(
             r.status,
@@ -2186,7 +2243,11 @@ async fn check_config_refuses_an_rsa_key_under_2048_bits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stdout_line_is_json_when_the_log_format_is_json() {
     bounded(async {
-        let (_backend, mut sc) = setup(|c| c.log_level("debug")).await;
+        let Rig {
+            backend: _backend,
+            mut sc,
+            ..
+        } = Rig::start_with(|c| c.log_level("debug")).await;
         get(&sc, "/echo", Some(&valid())).await.ok_echo();
         get(&sc, "/echo", None)
             .await
@@ -2205,7 +2266,11 @@ async fn every_stdout_line_is_json_when_the_log_format_is_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_secret_appears_in_trace_logs() {
     bounded(async {
-        let (_backend, mut sc) = setup(|c| {
+        let Rig {
+            backend: _backend,
+            mut sc,
+            ..
+        } = Rig::start_with(|c| {
             c.log_level("trace")
                 .auth("cookie", &q("session"))
                 .auth("query_param", &q("access_token"))

@@ -1,18 +1,11 @@
 //! Runs `auth-sidecar demo` as a subprocess and drives every curl step it prints with a
 //! real HTTP client, asserting the outcome each step announces.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Launch, Sidecar};
 
 /// One printed step: its expectation line and its curl command.
 struct Step {
@@ -41,32 +34,22 @@ fn parse_curl(cmd: &str) -> (String, Vec<(String, String)>) {
 
 #[tokio::test]
 async fn demo_walkthrough_steps_do_what_they_announce() {
-    let child = Command::new(env!("CARGO_BIN_EXE_auth-sidecar"))
-        .arg("demo")
-        .env("AUTH_SIDECAR__SERVER__LISTEN", "127.0.0.1:0")
-        .env("AUTH_SIDECAR__ADMIN__LISTEN", "127.0.0.1:0")
-        .env("AUTH_SIDECAR__LOG__LEVEL", "warn")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("demo starts");
-    let mut child = Kill(child);
-    let stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    // The demo prints its walkthrough on stdout (no `listening` line at level warn), so
+    // the lines are read as they come.
+    let demo = Sidecar::spawn(
+        Launch::args(["demo"])
+            .env("AUTH_SIDECAR__SERVER__LISTEN", "127.0.0.1:0")
+            .env("AUTH_SIDECAR__ADMIN__LISTEN", "127.0.0.1:0")
+            .env("AUTH_SIDECAR__LOG__LEVEL", "warn")
+            .cwd(env!("CARGO_MANIFEST_DIR")),
+    )
+    .await;
     let mut steps = Vec::new();
     let mut expect = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        let line = demo
+            .next_line(deadline)
             .expect("demo prints its walkthrough in time");
         if line == "# demo ready" {
             break;

@@ -3,21 +3,13 @@
 //! vendor's API shape, with URLs and ports overridden through `AUTH_SIDECAR__*`.
 
 mod common;
-#[path = "common/token_service.rs"]
-mod token_service;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use common::sidecar::{log_field, BIN};
+use common::token_service::{Pair, Shape, TokenService};
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use token_service::{Pair, Shape, TokenService};
 
 const PATH: &str = "/api/chatrooms";
 
@@ -27,22 +19,6 @@ fn example(name: &str) -> PathBuf {
         .join(name);
     assert!(p.is_file(), "missing {}", p.display());
     p
-}
-
-fn command(env: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AUTH_SIDECAR") || k == "RUST_LOG" {
-            cmd.env_remove(&k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -60,120 +36,31 @@ struct Checked {
 
 /// `auth-sidecar check-config --config examples/<name>`, bounded by 20 s.
 async fn check_config(name: &str, env: &[(String, String)]) -> Checked {
-    let path = example(name);
-    let env = env.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let mut child = command(&env)
-            .arg("check-config")
-            .arg("--config")
-            .arg(&path)
-            .spawn()
-            .expect("spawn auth-sidecar");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("check-config did not exit within 20 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = child.wait_with_output().unwrap();
-        Checked {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
-    .await
-    .unwrap()
-}
-
-/// The binary running `examples/<name>`; killed on Drop.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    let path = example(name).to_string_lossy().into_owned();
+    let (out, _dir) = finish(Launch::args(["check-config", "--config", &path]).envs(env)).await;
+    Checked {
+        code: out.status.code(),
+        stdout: out.stdout,
+        stderr: out.stderr,
     }
 }
 
-impl Running {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-    fn logs(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-}
-
-async fn run_example(name: &str, env: Vec<(String, String)>) -> Running {
-    let path = example(name);
-    let name = name.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut child = command(&env)
-            .arg("--config")
-            .arg(&path)
-            .spawn()
-            .expect("spawn auth-sidecar");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        for (r, tx) in [
-            (
-                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-                Some(tx),
-            ),
-            (Box::new(child.stderr.take().unwrap()), None),
-        ] {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(r).lines() {
-                    let Ok(line) = line else { break };
-                    lines.lock().unwrap().push(line.clone());
-                    if let Some(tx) = &tx {
-                        let _ = tx.send(line);
-                    }
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut running = Running {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            lines,
-        };
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                        continue;
-                    };
-                    if log_field(&v, "message").as_deref() == Some("listening") {
-                        if let Some(a) = log_field(&v, "addr").and_then(|a| a.parse().ok()) {
-                            running.addr = a;
-                            return running;
-                        }
-                    }
-                }
-                Err(_) => {
-                    let _ = running.child.kill();
-                    std::thread::sleep(Duration::from_millis(100));
-                    panic!("{name} did not start:\n{}", running.logs());
-                }
-            }
-        }
-    })
-    .await
-    .unwrap()
+/// The binary running `examples/<name>` with `env` (which points it at `backend` and
+/// `ts`), up once it logs `listening`; killed on Drop.
+async fn run_example(
+    name: &str,
+    ts: TokenService,
+    backend: Backend,
+    env: Vec<(String, String)>,
+) -> Rig<Backend, TokenService> {
+    let path = example(name).to_string_lossy().into_owned();
+    Rig::builder()
+        .backend(backend)
+        .token_service(ts)
+        .args(["--config", &path])
+        .envs(&env)
+        .start()
+        .await
 }
 
 /// The overrides every run uses: the backend, ephemeral ports, JSON logs.
@@ -184,10 +71,6 @@ fn overrides(backend: &Backend) -> Vec<(String, String)> {
         ("AUTH_SIDECAR__ADMIN__LISTEN", "127.0.0.1:0"),
         ("AUTH_SIDECAR__LOG__FORMAT", "json"),
     ])
-}
-
-async fn get(rb: reqwest::RequestBuilder) -> Resp {
-    Resp::from_reqwest(rb.send().await.expect("request to the sidecar failed")).await
 }
 
 fn sign(claims: &Value, secret: &str) -> String {
@@ -310,15 +193,18 @@ async fn likeminds_example_refreshes_then_initiates() {
             ("AUTH_SIDECAR__REFRESH__URL", &ts.refresh_url()),
             ("AUTH_SIDECAR__INITIATE__URL", &ts.initiate_url()),
         ]));
-        let sc = run_example("likeminds.toml", e).await;
+        let Rig {
+            ts, backend, sc, ..
+        } = run_example("likeminds.toml", ts, backend, e).await;
         let c = client();
 
         // Expired access token + refresh token: refreshed.
         let old = ts.expired_pair("lm-user-1");
-        let r = get(c
-            .get(sc.url(PATH))
-            .bearer_auth(&old.access)
-            .header("x-refresh-token", &old.refresh))
+        let r = send(
+            c.get(sc.url(PATH))
+                .bearer_auth(&old.access)
+                .header("x-refresh-token", &old.refresh),
+        )
         .await;
         let echo = r.ok_echo();
         let issued = ts.last_issued().unwrap();
@@ -341,10 +227,11 @@ async fn likeminds_example_refreshes_then_initiates() {
         // Dead refresh token: initiate with the API key and the LikeMinds body.
         let mut dead = ts.expired_pair("lm-user-2");
         dead.refresh = "rt-expired-at-likeminds".into();
-        let r = get(c
-            .get(sc.url(PATH))
-            .bearer_auth(&dead.access)
-            .header("x-refresh-token", &dead.refresh))
+        let r = send(
+            c.get(sc.url(PATH))
+                .bearer_auth(&dead.access)
+                .header("x-refresh-token", &dead.refresh),
+        )
         .await;
         let echo = r.ok_echo();
         let issued = ts.last_issued().unwrap();
@@ -398,12 +285,14 @@ async fn mindset_example_renews_an_expired_token_through_initiate() {
         let mut e = example_env("mindset.toml");
         e.extend(overrides(&backend));
         e.extend(env(&[("AUTH_SIDECAR__INITIATE__URL", &ts.initiate_url())]));
-        let sc = run_example("mindset.toml", e).await;
+        let Rig {
+            ts, backend, sc, ..
+        } = run_example("mindset.toml", ts, backend, e).await;
         let c = client();
 
         // A Mindset session token for dana, expired 10 minutes ago; no refresh token.
         let old: Pair = ts.expired_pair("dana@example.com");
-        let r = get(c.get(sc.url(PATH)).bearer_auth(&old.access)).await;
+        let r = send(c.get(sc.url(PATH)).bearer_auth(&old.access)).await;
         let echo = r.ok_echo();
         let issued = ts.last_issued().unwrap();
         assert_eq!(
@@ -426,7 +315,7 @@ async fn mindset_example_renews_an_expired_token_through_initiate() {
         assert_eq!(ts.refresh_calls(), 0);
 
         // The new token works as is.
-        let r = get(c.get(sc.url(PATH)).bearer_auth(&issued.access)).await;
+        let r = send(c.get(sc.url(PATH)).bearer_auth(&issued.access)).await;
         assert_eq!(
             r.ok_echo().header("x-auth-user-id"),
             Some("dana@example.com")
@@ -434,7 +323,7 @@ async fn mindset_example_renews_an_expired_token_through_initiate() {
 
         // Expired more than max_staleness (24h) ago: no longer proves the user.
         let stale = ts.expired_pair_for("dana@example.com", 25 * 3600);
-        let r = get(c.get(sc.url(PATH)).bearer_auth(&stale.access)).await;
+        let r = send(c.get(sc.url(PATH)).bearer_auth(&stale.access)).await;
         r.assert_error(401, "refresh_rejected");
         assert_eq!(ts.initiate_calls(), 1);
         for echo in backend.seen() {
@@ -467,7 +356,9 @@ async fn kustomer_example_starts_sessions_from_app_identity_tokens() {
             ("AUTH_SIDECAR__REFRESH__URL", &ts.refresh_url()),
             ("AUTH_SIDECAR__INITIATE__URL", &ts.initiate_url()),
         ]));
-        let sc = run_example("kustomer.toml", e).await;
+        let Rig {
+            ts, backend, sc, ..
+        } = run_example("kustomer.toml", ts, backend, e).await;
         let c = client();
 
         // No chat tokens yet: the app's identity JWT (email wins over externalId).
@@ -475,7 +366,7 @@ async fn kustomer_example_starts_sessions_from_app_identity_tokens() {
             &json!({"email": "erin@example.com", "externalId": "ext-erin", "iat": now()}),
             KU_SECRET,
         );
-        let r = get(c.get(sc.url(PATH)).header("x-app-identity", &app)).await;
+        let r = send(c.get(sc.url(PATH)).header("x-app-identity", &app)).await;
         let echo = r.ok_echo();
         let issued = ts.last_issued().unwrap();
         assert_eq!(
@@ -496,7 +387,7 @@ async fn kustomer_example_starts_sessions_from_app_identity_tokens() {
 
         // externalId only.
         let app2 = sign(&json!({"externalId": "ext-frank", "iat": now()}), KU_SECRET);
-        let r = get(c.get(sc.url(PATH)).header("x-app-identity", &app2)).await;
+        let r = send(c.get(sc.url(PATH)).header("x-app-identity", &app2)).await;
         assert_eq!(r.ok_echo().header("x-auth-user-id"), Some("ext-frank"));
         assert_eq!(
             ts.last_initiate().unwrap().json(),
@@ -505,10 +396,11 @@ async fn kustomer_example_starts_sessions_from_app_identity_tokens() {
 
         // Later: the access token expired, the refresh token lives: a refresh.
         let old = ts.expired_pair("ext-frank");
-        let r = get(c
-            .get(sc.url(PATH))
-            .bearer_auth(&old.access)
-            .header("x-refresh-token", &old.refresh))
+        let r = send(
+            c.get(sc.url(PATH))
+                .bearer_auth(&old.access)
+                .header("x-refresh-token", &old.refresh),
+        )
         .await;
         assert_eq!(r.ok_echo().header("x-auth-user-id"), Some("ext-frank"));
         assert_eq!(ts.refresh_calls(), 1);
@@ -519,7 +411,7 @@ async fn kustomer_example_starts_sessions_from_app_identity_tokens() {
             &json!({"email": "erin@example.com", "iat": now() - 16 * 60}),
             KU_SECRET,
         );
-        let r = get(c.get(sc.url(PATH)).header("x-app-identity", &late)).await;
+        let r = send(c.get(sc.url(PATH)).header("x-app-identity", &late)).await;
         assert_eq!(r.status, 401, "{}", r.text());
         assert_eq!(ts.calls(), calls);
         for echo in backend.seen() {

@@ -5,128 +5,44 @@
 //! log audit at trace level.
 
 mod common;
-#[path = "common/token_service.rs"]
-mod token_service;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::token_service::{Mode, Pair, Shape, TokenService};
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use token_service::{Mode, Pair, Shape, TokenService};
 
-const API_KEY: &str = "itest-initiate-api-key-5f1e2d3c4b5a69788796a5b4c3d2";
-const API_KEY_ENV: &str = "TEST_INITIATE_API_KEY";
-const APP_SECRET: &str = "itest-app-identity-secret-0a1b2c3d4e5f60718293a4b5c6";
-const APP_SECRET_ENV: &str = "TEST_APP_SECRET";
 const PATH: &str = "/api/messages";
 
 // ---------------------------------------------------------------------------
-// Config and rig
+// Rig
 // ---------------------------------------------------------------------------
 
-/// The lifecycle sections of a config: `[refresh]`, `[initiate]`, `[app_identity]`,
-/// `[response_tokens]` (values are TOML literals).
-#[derive(Clone, Default)]
-struct Lc {
-    refresh: Option<BTreeMap<String, String>>,
-    initiate: Option<BTreeMap<String, String>>,
-    app: Option<BTreeMap<String, String>>,
-    tokens: BTreeMap<String, String>,
-}
+/// The mock token service, a backend and the sidecar with the lifecycle sections.
+type LcRig = Rig<Backend, TokenService>;
 
-impl Lc {
-    fn for_service(ts: &TokenService) -> Lc {
-        let mut lc = Lc::default();
-        lc.refresh("url", &q(&ts.refresh_url()))
-            .refresh("timeout", "\"1s\"")
-            .refresh("retry_after", "\"2s\"")
-            .initiate("url", &q(&ts.initiate_url()))
-            .initiate("api_key", &format!("{{ env = {} }}", q(API_KEY_ENV)))
-            .initiate("timeout", "\"1s\"");
-        lc.app = Some(BTreeMap::from([(
-            "secret".to_string(),
-            format!("{{ env = {} }}", q(APP_SECRET_ENV)),
-        )]));
-        lc
-    }
-    fn refresh(&mut self, k: &str, v: &str) -> &mut Lc {
-        self.refresh
-            .get_or_insert_with(Default::default)
-            .insert(k.into(), v.into());
-        self
-    }
-    fn initiate(&mut self, k: &str, v: &str) -> &mut Lc {
-        self.initiate
-            .get_or_insert_with(Default::default)
-            .insert(k.into(), v.into());
-        self
-    }
-    /// No `[initiate]` (and so no `[app_identity]`, which needs it).
-    fn no_initiate(&mut self) -> &mut Lc {
-        self.initiate = None;
-        self.app = None;
-        self
-    }
-    fn tokens(&mut self, k: &str, v: &str) -> &mut Lc {
-        self.tokens.insert(k.into(), v.into());
-        self
-    }
-    fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, sec) in [
-            ("refresh", &self.refresh),
-            ("initiate", &self.initiate),
-            ("app_identity", &self.app),
-        ] {
-            if let Some(m) = sec {
-                out.push_str(&format!("[{name}]\n"));
-                for (k, v) in m {
-                    out.push_str(&format!("{k} = {v}\n"));
-                }
-                out.push('\n');
-            }
-        }
-        if !self.tokens.is_empty() {
-            out.push_str("[response_tokens]\n");
-            for (k, v) in &self.tokens {
-                out.push_str(&format!("{k} = {v}\n"));
-            }
-        }
-        out
-    }
-}
-
-struct Rig {
-    ts: TokenService,
-    backend: Backend,
-    sc: Sidecar,
-}
-
-async fn start_rig(f: impl FnOnce(&mut Lc)) -> Rig {
+async fn start_rig(f: impl FnOnce(&mut Lc)) -> LcRig {
     start_rig_with(|c| c, f).await
 }
 
-async fn start_rig_with(cfg: impl FnOnce(Cfg) -> Cfg, f: impl FnOnce(&mut Lc)) -> Rig {
+async fn start_rig_with(cfg: impl FnOnce(Cfg) -> Cfg, f: impl FnOnce(&mut Lc)) -> LcRig {
     let ts = TokenService::start(API_KEY).await;
     start_rig_on(ts, cfg, f).await
 }
 
+/// [`Lc::for_service`] changed by `f`, after the config changes of `cfg`.
 async fn start_rig_on(
     ts: TokenService,
     cfg: impl FnOnce(Cfg) -> Cfg,
     f: impl FnOnce(&mut Lc),
-) -> Rig {
-    let backend = Backend::start().await;
-    let mut lc = Lc::for_service(&ts);
-    f(&mut lc);
-    let c = cfg(Cfg::new(&backend.url()))
-        .env(API_KEY_ENV, API_KEY)
-        .env(APP_SECRET_ENV, APP_SECRET)
-        .extra(&lc.render());
-    let sc = Sidecar::start(&c).await;
-    Rig { ts, backend, sc }
+) -> LcRig {
+    Rig::builder()
+        .token_service(ts)
+        .cfg(cfg)
+        .lifecycle(f)
+        .start()
+        .await
 }
 
 // ---------------------------------------------------------------------------
@@ -163,12 +79,8 @@ fn build(c: &reqwest::Client, sc: &Sidecar, creds: Creds<'_>) -> reqwest::Reques
     rb
 }
 
-async fn send_rb(rb: reqwest::RequestBuilder) -> Resp {
-    Resp::from_reqwest(rb.send().await.expect("request to the sidecar failed")).await
-}
-
 async fn send(sc: &Sidecar, creds: Creds<'_>) -> Resp {
-    send_rb(build(&client(), sc, creds)).await
+    common::send(build(&client(), sc, creds)).await
 }
 
 /// Asserts a 200 from the backend after a renewal; returns the new pair and the echo.
@@ -264,7 +176,7 @@ async fn burst(sc: &Sidecar, n: usize, creds: Creds<'_>) -> Vec<Resp> {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
         let rb = build(&c, sc, creds);
-        set.spawn(async move { send_rb(rb).await });
+        set.spawn(async move { common::send(rb).await });
     }
     let mut out = Vec::with_capacity(n);
     while let Some(r) = set.join_next().await {
@@ -1126,7 +1038,7 @@ async fn a_client_that_disconnects_mid_refresh_does_not_lose_the_result() {
 // Cookie mode
 // ---------------------------------------------------------------------------
 
-async fn cookie_rig() -> Rig {
+async fn cookie_rig() -> LcRig {
     start_rig_with(
         |c| c.auth("cookie", "\"chat_at\""),
         |lc| {
@@ -1141,7 +1053,7 @@ async fn cookie_rig() -> Rig {
 }
 
 async fn send_cookies(sc: &Sidecar, cookie: &str) -> Resp {
-    send_rb(client().get(sc.url(PATH)).header("cookie", cookie)).await
+    common::send(client().get(sc.url(PATH)).header("cookie", cookie)).await
 }
 
 fn set_cookie<'a>(r: &'a Resp, name: &str) -> &'a str {
@@ -1299,7 +1211,7 @@ async fn the_backend_never_sees_refresh_tokens_app_tokens_or_the_api_key() {
         .await
         .ok_echo();
         // Odd spellings of the owned headers.
-        let r = send_rb(
+        let r = common::send(
             client()
                 .get(rig.sc.url(PATH))
                 .bearer_auth(&nc.access)
@@ -1632,14 +1544,14 @@ async fn renewal_keeps_the_headers_the_backend_exposes_to_browsers() {
     bounded(async {
         let ts = TokenService::start(API_KEY).await;
         let (addr, task) = exposing_backend().await;
-        let mut lc = Lc::for_service(&ts);
-        lc.no_initiate();
-        let sc = Sidecar::start(
-            &Cfg::new(&format!("http://{addr}"))
-                .env(API_KEY_ENV, API_KEY)
-                .extra(&lc.render()),
-        )
-        .await;
+        let Rig { ts, sc, .. } = Rig::builder()
+            .backend(format!("http://{addr}"))
+            .token_service(ts)
+            .lifecycle(|lc| {
+                lc.no_initiate();
+            })
+            .start()
+            .await;
         let old = ts.expired_pair("alice");
         let r = send(&sc, pair(&old)).await;
         assert_eq!(r.status, 200, "{}", r.text());
@@ -1675,14 +1587,14 @@ async fn a_backend_failure_after_a_refresh_still_hands_out_the_new_pair() {
         // window logs the user out.
         let ts = TokenService::start(API_KEY).await;
         let dead = refusing_addr();
-        let mut lc = Lc::for_service(&ts);
-        lc.no_initiate();
-        let sc = Sidecar::start(
-            &Cfg::new(&format!("http://{dead}"))
-                .env(API_KEY_ENV, API_KEY)
-                .extra(&lc.render()),
-        )
-        .await;
+        let Rig { ts, sc, .. } = Rig::builder()
+            .backend(format!("http://{dead}"))
+            .token_service(ts)
+            .lifecycle(|lc| {
+                lc.no_initiate();
+            })
+            .start()
+            .await;
         let old = ts.expired_pair("alice");
         let r = send(&sc, pair(&old)).await;
         assert_eq!(r.status, 502, "{}", r.text());

@@ -10,29 +10,22 @@
 //! tight enough to catch the behaviour they name.
 
 mod common;
-#[path = "common/mock.rs"]
-mod mock;
-#[path = "common/tls.rs"]
-mod tls;
-#[path = "common/token_service.rs"]
-mod token_service;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use common::mock::{self, Answer, JwksServer, MockServer, Req};
+use common::tls::{self, client_config, client_config_with, https_get, tls_path, TlsFront};
+use common::token_service::TokenService;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::Algorithm;
-use mock::{Answer, JwksServer, MockServer, Req};
 use serde_json::{json, Value};
-use tls::{client_config, client_config_with, https_get, tls_path, TlsFront};
-use token_service::TokenService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
@@ -43,10 +36,6 @@ use tokio_tungstenite::tungstenite::Message;
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn bearer(t: &str) -> String {
-    format!("Bearer {t}")
-}
-
 /// GET `url` with an optional bearer token and extra headers.
 async fn get_with(url: &str, token: Option<&str>, headers: &[(&str, &str)]) -> Resp {
     let mut rb = client().get(url);
@@ -56,7 +45,7 @@ async fn get_with(url: &str, token: Option<&str>, headers: &[(&str, &str)]) -> R
     for (k, v) in headers {
         rb = rb.header(*k, *v);
     }
-    Resp::from_reqwest(rb.send().await.expect("request to the sidecar failed")).await
+    send(rb).await
 }
 
 async fn get(url: &str, token: Option<&str>) -> Resp {
@@ -116,27 +105,6 @@ async fn wait_ready(sc: &Sidecar, limit: Duration) {
         admin(sc, "/readyz").await,
         sc.logs()
     );
-}
-
-/// Sends a signal with the `kill` command (no libc).
-fn signal(sc: &Sidecar, sig: &str) {
-    let pid = sc.pid().expect("the sidecar is not running");
-    let st = Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(st.success(), "kill -{sig} {pid} failed");
-}
-
-/// Whether the process still exists (`kill -0`).
-fn alive(sc: &Sidecar) -> bool {
-    sc.pid().is_some_and(|pid| {
-        Command::new("kill")
-            .args(["-0", &pid.to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    })
 }
 
 /// The JSON stdout lines of a sidecar.
@@ -281,9 +249,8 @@ fn rs2_token(sub: &str) -> String {
 }
 
 /// RS256 only, keys from `url`.
-fn jwks_cfg(backend: &Backend, url: &str) -> Cfg {
-    Cfg::new(&backend.url())
-        .no_auth_key("hmac_secret")
+fn jwks_cfg(c: Cfg, url: &str) -> Cfg {
+    c.no_auth_key("hmac_secret")
         .auth("algorithms", r#"["RS256"]"#)
         .auth("jwks_url", &q(url))
 }
@@ -401,8 +368,8 @@ async fn scrape(sc: &Sidecar) -> (String, Vec<Sample>) {
 // 1-2. TLS in
 // ---------------------------------------------------------------------------
 
-fn tls_cfg(backend: &Backend, cert: &str, key: &str) -> Cfg {
-    Cfg::new(&backend.url()).extra(&format!(
+fn tls_cfg(c: Cfg, cert: &str, key: &str) -> Cfg {
+    c.extra(&format!(
         "[server.tls]\ncert_file = {}\nkey_file = {}\n",
         q(cert),
         q(key)
@@ -412,13 +379,8 @@ fn tls_cfg(backend: &Backend, cert: &str, key: &str) -> Cfg {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_in_serves_h2_and_http11_chosen_by_alpn() {
     bounded(async {
-        let backend = Backend::start().await;
-        let sc = Sidecar::start(&tls_cfg(
-            &backend,
-            &tls_path("server.pem"),
-            &tls_path("server.key"),
-        ))
-        .await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| tls_cfg(c, &tls_path("server.pem"), &tls_path("server.key"))).await;
         let auth = bearer(&valid());
         let leaf = tls::certs("server.pem")[0].as_ref().to_vec();
         for (alpn, version) in [
@@ -460,13 +422,8 @@ async fn tls_in_serves_h2_and_http11_chosen_by_alpn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_in_speaks_tls12_and_tls13_and_nothing_older() {
     bounded(async {
-        let backend = Backend::start().await;
-        let sc = Sidecar::start(&tls_cfg(
-            &backend,
-            &tls_path("server.pem"),
-            &tls_path("server.key"),
-        ))
-        .await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| tls_cfg(c, &tls_path("server.pem"), &tls_path("server.key"))).await;
         let auth = bearer(&valid());
         for (v, want) in [
             (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
@@ -537,18 +494,16 @@ fn tls11_client_hello() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_certificate_files_swapped_on_disk_are_served_without_a_restart() {
     bounded(async {
-        let backend = Backend::start().await;
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("tls.crt");
         let key = dir.path().join("tls.key");
         std::fs::copy(tls::tls_fixture("server.pem"), &cert).unwrap();
         std::fs::copy(tls::tls_fixture("server.key"), &key).unwrap();
-        let sc = Sidecar::start(&tls_cfg(
-            &backend,
-            &cert.to_string_lossy(),
-            &key.to_string_lossy(),
-        ))
-        .await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| tls_cfg(c, &cert.to_string_lossy(), &key.to_string_lossy())).await;
         let pid = sc.pid();
         let old_leaf = tls::certs("server.pem")[0].as_ref().to_vec();
         let new_leaf = tls::certs("server2.pem")[0].as_ref().to_vec();
@@ -599,7 +554,7 @@ async fn tls_certificate_files_swapped_on_disk_are_served_without_a_restart() {
         );
         assert!(took <= Duration::from_millis(5500), "took {took:?}");
         assert_eq!(sc.pid(), pid);
-        assert!(alive(&sc), "the process restarted or died");
+        assert!(sc.is_alive(), "the process restarted or died");
 
         // New connections are served with the new certificate.
         let x = https_get(sc.addr, h1(), "/api/b", &[("authorization", &auth)]).await;
@@ -640,21 +595,31 @@ struct TlsOut {
 }
 
 async fn tls_out(ca: &str) -> TlsOut {
-    let backend = Backend::start().await;
     let ts = TokenService::start("unused-initiate-key").await;
     let ts_front = TlsFront::start(ts.addr).await;
     let jwks = JwksServer::start(vec![rs1_jwk()]).await;
     let jwks_front = TlsFront::start(jwks.server.addr).await;
-    let cfg = Cfg::new(&backend.url())
-        .auth("algorithms", r#"["HS256", "RS256"]"#)
-        .auth("jwks_url", &q(&jwks_front.url("/jwks.json")))
-        .auth("jwks_min_refresh", "\"1s\"")
-        .backend("ca_file", &q(&tls_path(ca)))
-        .extra(&format!(
-            "[refresh]\nurl = {}\ntimeout = \"2s\"\nretry_after = \"3s\"\n",
-            q(&ts_front.url("/refresh"))
-        ));
-    let sc = Sidecar::start(&cfg).await;
+    let Rig {
+        backend,
+        ts,
+        jwks,
+        sc,
+        ..
+    } = Rig::builder()
+        .token_service(ts)
+        .jwks(jwks)
+        .cfg(|c| {
+            c.auth("algorithms", r#"["HS256", "RS256"]"#)
+                .auth("jwks_url", &q(&jwks_front.url("/jwks.json")))
+                .auth("jwks_min_refresh", "\"1s\"")
+                .backend("ca_file", &q(&tls_path(ca)))
+                .extra(&format!(
+                    "[refresh]\nurl = {}\ntimeout = \"2s\"\nretry_after = \"3s\"\n",
+                    q(&ts_front.url("/refresh"))
+                ))
+        })
+        .start()
+        .await;
     TlsOut {
         backend,
         ts,
@@ -775,9 +740,18 @@ async fn tls_out_with_a_wrong_ca_is_an_outage_never_a_401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_rotation_a_new_kid_is_accepted_after_one_refetch() {
     bounded(async {
-        let backend = Backend::start().await;
         let jwks = JwksServer::start(vec![rs1_jwk()]).await;
-        let sc = Sidecar::start(&jwks_cfg(&backend, &jwks.url())).await;
+        let url = jwks.url();
+        let Rig {
+            backend: _backend,
+            jwks,
+            sc,
+            ..
+        } = Rig::builder()
+            .cfg(|c| jwks_cfg(c, &url))
+            .jwks(jwks)
+            .start()
+            .await;
         wait_ready(&sc, Duration::from_secs(5)).await;
         assert_eq!(jwks.fetches(), 1);
 
@@ -817,15 +791,20 @@ async fn jwks_rotation_a_new_kid_is_accepted_after_one_refetch() {
 async fn jwks_unknown_kids_refetch_at_most_once_per_interval() {
     bounded(async {
         const INTERVAL: Duration = Duration::from_secs(1);
-        let backend = Backend::start().await;
         let jwks = JwksServer::start(vec![rs1_jwk()]).await;
-        let sc = Sidecar::start(
-            &jwks_cfg(&backend, &jwks.url())
-                .auth("jwks_unknown_kid_interval", "\"1s\"")
-                .auth("jwks_min_refresh", "\"1h\"")
-                .auth("jwks_max_refresh", "\"1h\""),
-        )
-        .await;
+        let url = jwks.url();
+        let Rig {
+            backend, jwks, sc, ..
+        } = Rig::builder()
+            .cfg(|c| {
+                jwks_cfg(c, &url)
+                    .auth("jwks_unknown_kid_interval", "\"1s\"")
+                    .auth("jwks_min_refresh", "\"1h\"")
+                    .auth("jwks_max_refresh", "\"1h\"")
+            })
+            .jwks(jwks)
+            .start()
+            .await;
         wait_ready(&sc, Duration::from_secs(5)).await;
         let before = jwks.fetches();
         assert_eq!(before, 1);
@@ -896,15 +875,23 @@ async fn jwks_unknown_kids_refetch_at_most_once_per_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_down_after_start_the_last_good_keys_keep_working() {
     bounded(async {
-        let backend = Backend::start().await;
         let jwks = JwksServer::start(vec![rs1_jwk()]).await;
         jwks.set_max_age(Some(1));
-        let sc = Sidecar::start(
-            &jwks_cfg(&backend, &jwks.url())
-                .auth("jwks_min_refresh", "\"1s\"")
-                .auth("jwks_unknown_kid_interval", "\"1s\""),
-        )
-        .await;
+        let url = jwks.url();
+        let Rig {
+            backend: _backend,
+            jwks,
+            sc,
+            ..
+        } = Rig::builder()
+            .cfg(|c| {
+                jwks_cfg(c, &url)
+                    .auth("jwks_min_refresh", "\"1s\"")
+                    .auth("jwks_unknown_kid_interval", "\"1s\"")
+            })
+            .jwks(jwks)
+            .start()
+            .await;
         wait_ready(&sc, Duration::from_secs(5)).await;
 
         jwks.set_down(true);
@@ -944,12 +931,16 @@ async fn jwks_down_after_start_the_last_good_keys_keep_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_down_at_start_is_not_ready_and_requests_get_503_keys_unavailable() {
     bounded(async {
-        let backend = Backend::start().await;
         let jwks = JwksServer::start(vec![rs1_jwk()]).await;
         jwks.set_down(true);
-        let sc =
-            Sidecar::start(&jwks_cfg(&backend, &jwks.url()).auth("jwks_min_refresh", "\"1s\""))
-                .await;
+        let url = jwks.url();
+        let Rig {
+            backend, jwks, sc, ..
+        } = Rig::builder()
+            .cfg(|c| jwks_cfg(c, &url).auth("jwks_min_refresh", "\"1s\""))
+            .jwks(jwks)
+            .start()
+            .await;
         let tried = eventually(
             Duration::from_secs(5),
             Duration::from_millis(50),
@@ -991,12 +982,17 @@ async fn jwks_cache_control_max_age_is_honoured_within_the_bounds() {
         for (max_age, min, max, gap) in cases {
             let jwks = JwksServer::start(vec![rs1_jwk()]).await;
             jwks.set_max_age(Some(max_age));
-            let sc = Sidecar::start(
-                &jwks_cfg(&backend, &jwks.url())
-                    .auth("jwks_min_refresh", &q(min))
-                    .auth("jwks_max_refresh", &q(max)),
-            )
-            .await;
+            let url = jwks.url();
+            let Rig { jwks, sc, .. } = Rig::builder()
+                .backend(&backend)
+                .cfg(|c| {
+                    jwks_cfg(c, &url)
+                        .auth("jwks_min_refresh", &q(min))
+                        .auth("jwks_max_refresh", &q(max))
+                })
+                .jwks(jwks)
+                .start()
+                .await;
             running.push((jwks, sc, max_age, min, max, gap));
         }
         tokio::time::sleep(Duration::from_millis(4700)).await;
@@ -1052,17 +1048,19 @@ fn introspection_handler() -> mock::Handler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_checks_opaque_tokens_and_caches_the_answer() {
     bounded(async {
-        let backend = Backend::start().await;
         let intro = MockServer::start(introspection_handler()).await;
-        let cfg = Cfg::new(&backend.url())
+        let Rig { backend, sc, .. } = Rig::builder()
             .env("TEST_INTROSPECTION_SECRET", INTROSPECTION_SECRET)
-            .extra(&format!(
-                "[introspection]\nurl = {}\nclient_id = \"sidecar-client\"\n\
-                 client_secret = {{ env = \"TEST_INTROSPECTION_SECRET\" }}\n\
-                 cache_ttl = \"5m\"\ntimeout = \"1s\"\n",
-                q(&intro.url("/introspect"))
-            ));
-        let sc = Sidecar::start(&cfg).await;
+            .cfg(|c| {
+                c.extra(&format!(
+                    "[introspection]\nurl = {}\nclient_id = \"sidecar-client\"\n\
+                     client_secret = {{ env = \"TEST_INTROSPECTION_SECRET\" }}\n\
+                     cache_ttl = \"5m\"\ntimeout = \"1s\"\n",
+                    q(&intro.url("/introspect"))
+                ))
+            })
+            .start()
+            .await;
         let active = "opaque-active-7f2c91d0a4";
 
         let r = get(&sc.url("/api/me"), Some(active)).await;
@@ -1117,8 +1115,11 @@ async fn introspection_checks_opaque_tokens_and_caches_the_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_leave_the_verify_cache_without_any_traffic() {
     bounded(async {
-        let backend = Backend::start().await;
-        let sc = Sidecar::start(&Cfg::new(&backend.url()).auth("leeway", &q("0s"))).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c.auth("leeway", &q("0s"))).await;
         let entries = |s: &[Sample]| metric(s, "auth_sidecar_verify_cache_entries", &[]);
         // Five tokens that expire in 2 s, and one that lives on.
         let c = client();
@@ -1168,8 +1169,7 @@ async fn expired_tokens_leave_the_verify_cache_without_any_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_decisions_cache_hits_and_open_connections() {
     bounded(async {
-        let backend = Backend::start().await;
-        let sc = Sidecar::start(&Cfg::new(&backend.url())).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let allowed = [("decision", "allowed"), ("status", "2xx")];
         let rejected = [("decision", "rejected"), ("status", "4xx")];
         let hit = [("result", "hit")];
@@ -1226,10 +1226,8 @@ async fn metrics_count_decisions_cache_hits_and_open_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_always_200_and_readiness_follows_the_backend() {
     bounded(async {
-        let backend = Backend::start().await;
-        let backend_url = backend.url();
         // admin.ready_requires_backend defaults to true.
-        let sc = Sidecar::start(&Cfg::new(&backend_url)).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         assert_eq!(admin(&sc, "/healthz").await, Ok((200, "ok\n".into())));
         assert!(matches!(admin(&sc, "/readyz").await, Ok((200, _))));
 
@@ -1259,12 +1257,17 @@ async fn health_is_always_200_and_readiness_follows_the_backend() {
 async fn readiness_ignores_the_backend_when_ready_requires_backend_is_false() {
     bounded(async {
         let dead = refusing_addr();
-        let mut cfg = Cfg::new(&format!("http://{dead}"));
-        // Cfg writes `[admin] listen` itself when `admin` is set; this test needs one
-        // more key in that table, so the table comes from `extra` instead.
-        cfg.admin = false;
-        let cfg = cfg.extra("[admin]\nlisten = \"127.0.0.1:0\"\nready_requires_backend = false\n");
-        let sc = start_with_admin_extra(&cfg).await;
+        let Rig { mut sc, .. } = Rig::builder()
+            .backend(format!("http://{dead}"))
+            .cfg(|mut c| {
+                // Cfg writes `[admin] listen` itself when `admin` is set; this test needs
+                // one more key in that table, so the table comes from `extra` instead.
+                c.admin = false;
+                c.extra("[admin]\nlisten = \"127.0.0.1:0\"\nready_requires_backend = false\n")
+            })
+            .start()
+            .await;
+        admin_from_logs(&mut sc);
         assert_eq!(admin(&sc, "/healthz").await.map(|x| x.0), Ok(200));
         let ready = admin(&sc, "/readyz").await;
         assert!(
@@ -1275,17 +1278,15 @@ async fn readiness_ignores_the_backend_when_ready_requires_backend_is_false() {
     .await
 }
 
-/// Starts a sidecar whose `[admin]` table is in `cfg.extra` and learns the admin address
-/// from its `admin listening` log line (logged before `listening`).
-async fn start_with_admin_extra(cfg: &Cfg) -> Sidecar {
-    let mut sc = Sidecar::start(cfg).await;
-    let addr = json_lines(&sc)
+/// For a sidecar whose `[admin]` table is in `cfg.extra`: learns the admin address from
+/// its `admin listening` log line (logged before `listening`).
+fn admin_from_logs(sc: &mut Sidecar) {
+    let addr = json_lines(sc)
         .iter()
         .find(|l| message_of(l) == "admin listening")
         .and_then(|l| sidecar_log_field(l, "addr").parse().ok())
         .unwrap_or_else(|| panic!("no `admin listening` line\n{}", sc.logs()));
     sc.admin = Some(addr);
-    sc
 }
 
 // ---------------------------------------------------------------------------
@@ -1295,9 +1296,9 @@ async fn start_with_admin_extra(cfg: &Cfg) -> Sidecar {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_request_in_flight_stops_accepting_and_exits_0() {
     bounded(async {
-        let backend = Backend::start().await;
-        let mut sc =
-            Sidecar::start(&Cfg::new(&backend.url()).server("shutdown_grace", "\"10s\"")).await;
+        let Rig {
+            backend, mut sc, ..
+        } = Rig::start_with(|c| c.server("shutdown_grace", "\"10s\"")).await;
         wait_ready(&sc, Duration::from_secs(5)).await;
         let tok = valid();
         let url = sc.url("/slow?ms=1500");
@@ -1311,7 +1312,7 @@ async fn sigterm_finishes_the_request_in_flight_stops_accepting_and_exits_0() {
         assert!(arrived, "the slow request never reached the backend");
 
         let term = Instant::now();
-        signal(&sc, "TERM");
+        sc.signal("TERM");
         // Readiness drops (503, or the admin port closes) and the proxy stops accepting.
         let unready = eventually(
             Duration::from_secs(1),
@@ -1354,16 +1355,19 @@ async fn sigterm_finishes_the_request_in_flight_stops_accepting_and_exits_0() {
 // 8. Reload
 // ---------------------------------------------------------------------------
 
-fn reload_base(backend: &Backend) -> Cfg {
-    Cfg::new(&backend.url()).route("prefix = \"/api\"")
+fn reload_base(c: Cfg) -> Cfg {
+    c.route("prefix = \"/api\"")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_good_config_without_dropping_a_keep_alive_connection() {
     bounded(async {
-        let backend = Backend::start().await;
-        let base = reload_base(&backend);
-        let sc = Sidecar::start(&base).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            cfg: base,
+            ..
+        } = Rig::start_with(reload_base).await;
         let tok = valid();
         let mut conn = H1::open(sc.addr).await;
         conn.get("/open/x", None)
@@ -1378,7 +1382,7 @@ async fn sighup_applies_a_good_config_without_dropping_a_keep_alive_connection()
             .identity("user_id", "\"x-user-v2\"");
         // The file's mtime is kept, so only the signal can trigger this reload.
         rewrite_config(&sc, &next.render(), true);
-        signal(&sc, "HUP");
+        sc.signal("HUP");
         let mut applied = false;
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(4) {
@@ -1399,7 +1403,7 @@ async fn sighup_applies_a_good_config_without_dropping_a_keep_alive_connection()
         assert!(json_lines(&sc)
             .iter()
             .any(|l| message_of(l) == "config reloaded"));
-        assert!(alive(&sc));
+        assert!(sc.is_alive());
         conn.close();
     })
     .await
@@ -1408,17 +1412,17 @@ async fn sighup_applies_a_good_config_without_dropping_a_keep_alive_connection()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_a_broken_config_logs_an_error_and_keeps_the_old_one() {
     bounded(async {
-        let backend = Backend::start().await;
-        let base = reload_base(&backend).route("prefix = \"/open\"\nmode = \"public\"");
-        let sc = Sidecar::start(&base).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| reload_base(c).route("prefix = \"/open\"\nmode = \"public\""))
+                .await;
         let tok = valid();
         let mut conn = H1::open(sc.addr).await;
         assert_eq!(conn.get("/open/x", None).await.status, 200);
 
         // An unknown key, and the /open route gone: must not apply.
-        let broken = reload_base(&backend).auth("algorithm", "[\"HS256\"]");
+        let broken = reload_base(Cfg::new(&backend.url())).auth("algorithm", "[\"HS256\"]");
         rewrite_config(&sc, &broken.render(), true);
-        signal(&sc, "HUP");
+        sc.signal("HUP");
         let logged = eventually(Duration::from_secs(3), Duration::from_millis(50), || {
             let lines = json_lines(&sc);
             async move {
@@ -1435,7 +1439,7 @@ async fn sighup_with_a_broken_config_logs_an_error_and_keeps_the_old_one() {
             "no error log line naming the problem after SIGHUP\n{}",
             sc.logs()
         );
-        assert!(alive(&sc), "the process died on a bad config");
+        assert!(sc.is_alive(), "the process died on a bad config");
         // The old config keeps serving, on the old connection and on new ones.
         assert_eq!(conn.get("/open/x", None).await.status, 200);
         let e = conn.get("/api/me", Some(&tok)).await.ok_echo();
@@ -1453,10 +1457,19 @@ async fn sighup_with_a_broken_config_logs_an_error_and_keeps_the_old_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_while_the_jwks_endpoint_is_down_keeps_the_last_good_keys() {
     bounded(async {
-        let backend = Backend::start().await;
         let jwks = JwksServer::start(vec![rs1_jwk()]).await;
-        let cfg = jwks_cfg(&backend, &jwks.url()).auth("jwks_min_refresh", "\"1s\"");
-        let sc = Sidecar::start(&cfg).await;
+        let url = jwks.url();
+        let Rig {
+            backend: _backend,
+            jwks,
+            sc,
+            cfg,
+            ..
+        } = Rig::builder()
+            .cfg(|c| jwks_cfg(c, &url).auth("jwks_min_refresh", "\"1s\""))
+            .jwks(jwks)
+            .start()
+            .await;
         wait_ready(&sc, Duration::from_secs(5)).await;
         let r = get(&sc.url("/api/a"), Some(&rs1_token("k1"))).await;
         assert_eq!(r.status, 200);
@@ -1465,7 +1478,7 @@ async fn a_reload_while_the_jwks_endpoint_is_down_keeps_the_last_good_keys() {
         jwks.set_down(true);
         let next = cfg.clone().route("prefix = \"/open\"\nmode = \"public\"");
         rewrite_config(&sc, &next.render(), true);
-        signal(&sc, "HUP");
+        sc.signal("HUP");
         let reloaded = eventually(Duration::from_secs(3), Duration::from_millis(50), || {
             let lines = json_lines(&sc);
             async move { lines.iter().any(|l| message_of(l) == "config reloaded") }
@@ -1492,9 +1505,12 @@ async fn a_reload_while_the_jwks_endpoint_is_down_keeps_the_last_good_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_config_file_is_picked_up_without_a_signal() {
     bounded(async {
-        let backend = Backend::start().await;
-        let base = reload_base(&backend);
-        let sc = Sidecar::start(&base).await;
+        let Rig {
+            backend: _backend,
+            sc,
+            cfg: base,
+            ..
+        } = Rig::start_with(reload_base).await;
         get(&sc.url("/open/x"), None)
             .await
             .assert_error(401, "missing_token");
@@ -1526,9 +1542,8 @@ async fn a_changed_config_file_is_picked_up_without_a_signal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_client_is_cut_off_while_others_are_served() {
     bounded(async {
-        let backend = Backend::start().await;
-        let sc =
-            Sidecar::start(&Cfg::new(&backend.url()).server("header_read_timeout", "\"1s\"")).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.server("header_read_timeout", "\"1s\"")).await;
         let tok = valid();
         let head = head("/api/slowloris", &tok, "");
         let stream = TcpStream::connect(sc.addr).await.unwrap();
@@ -1587,8 +1602,7 @@ async fn a_slowloris_client_is_cut_off_while_others_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_heads_get_431() {
     bounded(async {
-        let backend = Backend::start().await;
-        let sc = Sidecar::start(&Cfg::new(&backend.url())).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
         let tok = valid();
         // One 20 KiB header (over server.max_header_bytes = 16 KiB).
         let big = head(
@@ -1615,9 +1629,9 @@ async fn oversized_request_heads_get_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lower_max_header_bytes_is_enforced() {
     bounded(async {
-        let backend = Backend::start().await;
         // The smallest cap hyper can enforce (check-config accepts 8192..=1048576).
-        let sc = Sidecar::start(&Cfg::new(&backend.url()).server("max_header_bytes", "8192")).await;
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.server("max_header_bytes", "8192")).await;
         let tok = valid();
         // A 10 KiB head: over the configured 8 KiB cap, under the 16 KiB default.
         let req = head(
@@ -1638,8 +1652,7 @@ async fn a_lower_max_header_bytes_is_enforced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_closes_the_connection_over_the_limit() {
     bounded(async {
-        let backend = Backend::start().await;
-        let sc = Sidecar::start(&Cfg::new(&backend.url()).server("max_connections", "2")).await;
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c.server("max_connections", "2")).await;
         let tok = valid();
         let mut c1 = H1::open(sc.addr).await;
         let mut c2 = H1::open(sc.addr).await;
@@ -1747,12 +1760,14 @@ async fn sleep_until_system(t: SystemTime) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_is_closed_after_its_token_expires_plus_the_grace() {
     bounded(async {
-        let backend = Backend::start().await;
-        let sc = Sidecar::start(
-            &Cfg::new(&backend.url())
-                .auth("leeway", "\"0s\"")
-                .server("upgrade_token_grace", "\"1s\""),
-        )
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| {
+            c.auth("leeway", "\"0s\"")
+                .server("upgrade_token_grace", "\"1s\"")
+        })
         .await;
         let exp = now() + 3;
         let token = hs256_with(json!({"exp": exp}));
@@ -1797,12 +1812,10 @@ async fn a_websocket_is_closed_after_its_token_expires_plus_the_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_stays_open_past_its_token_when_the_grace_is_off() {
     bounded(async {
-        let backend = Backend::start().await;
-        let sc = Sidecar::start(
-            &Cfg::new(&backend.url())
-                .auth("leeway", "\"0s\"")
-                .server("upgrade_token_grace", "\"off\""),
-        )
+        let Rig { backend, sc, .. } = Rig::start_with(|c| {
+            c.auth("leeway", "\"0s\"")
+                .server("upgrade_token_grace", "\"off\"")
+        })
         .await;
         let exp = now() + 2;
         let token = hs256_with(json!({"exp": exp}));

@@ -34,6 +34,12 @@ struct CountingBackend {
     requests: Arc<AtomicUsize>,
 }
 
+impl Upstream for CountingBackend {
+    fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 impl CountingBackend {
     async fn start(mode: Mode) -> CountingBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -69,9 +75,6 @@ impl CountingBackend {
         }
     }
 
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
@@ -155,7 +158,7 @@ fn spawn_get(sc: &Sidecar, path: &str, t: &str) -> tokio::task::JoinHandle<u16> 
 async fn sequential_requests_reuse_one_backend_connection() {
     bounded(async {
         let b = CountingBackend::start(Mode::KeepAlive).await;
-        let sc = Sidecar::start(&Cfg::new(&b.url())).await;
+        let Rig { sc, .. } = Rig::builder().backend(&b).start().await;
         let t = token();
         for _ in 0..50 {
             get_ok(&sc, "/x", &t).await;
@@ -176,7 +179,7 @@ async fn a_connection_the_backend_closed_after_answering_is_never_a_502() {
         // Every pooled connection is dead by the time it is reused: the pool must notice
         // (or retry the unsent request on a fresh connection), never fail the request.
         let b = CountingBackend::start(Mode::CloseAfterOne).await;
-        let sc = Sidecar::start(&Cfg::new(&b.url())).await;
+        let Rig { sc, .. } = Rig::builder().backend(&b).start().await;
         let t = token();
         for i in 0..30 {
             get_ok(&sc, &format!("/x{i}"), &t).await;
@@ -199,7 +202,11 @@ async fn a_connection_the_backend_closed_after_answering_is_never_a_502() {
 async fn concurrent_bursts_are_served_and_idle_connections_are_capped() {
     bounded(async {
         let b = CountingBackend::start(Mode::KeepAlive).await;
-        let sc = Sidecar::start(&Cfg::new(&b.url()).backend("pool_max_idle", "4")).await;
+        let Rig { sc, .. } = Rig::builder()
+            .backend(&b)
+            .cfg(|c| c.backend("pool_max_idle", "4"))
+            .start()
+            .await;
         let t = token();
         for _ in 0..3 {
             let burst: Vec<_> = (0..40)
@@ -241,8 +248,11 @@ async fn concurrent_bursts_are_served_and_idle_connections_are_capped() {
 async fn connections_idle_past_the_timeout_are_not_reused() {
     bounded(async {
         let b = CountingBackend::start(Mode::KeepAlive).await;
-        let sc =
-            Sidecar::start(&Cfg::new(&b.url()).backend("pool_idle_timeout", &q("300ms"))).await;
+        let Rig { sc, .. } = Rig::builder()
+            .backend(&b)
+            .cfg(|c| c.backend("pool_idle_timeout", &q("300ms")))
+            .start()
+            .await;
         let t = token();
         get_ok(&sc, "/one", &t).await;
         get_ok(&sc, "/two", &t).await;
@@ -262,7 +272,7 @@ async fn connections_idle_past_the_timeout_are_not_reused() {
 async fn a_client_leaving_mid_body_does_not_poison_the_pool() {
     bounded(async {
         let b = CountingBackend::start(Mode::SlowBody).await;
-        let sc = Sidecar::start(&Cfg::new(&b.url())).await;
+        let Rig { sc, .. } = Rig::builder().backend(&b).start().await;
         let t = token();
         // Start a slow download and walk away after the first bytes.
         let mut s = TcpStream::connect(sc.addr).await.expect("connect");
@@ -296,7 +306,11 @@ async fn a_client_leaving_mid_body_does_not_poison_the_pool() {
 async fn a_herd_waits_for_max_connections_instead_of_opening_one_each() {
     bounded(async {
         let b = CountingBackend::start(Mode::KeepAlive).await;
-        let sc = Sidecar::start(&Cfg::new(&b.url()).backend("max_connections", "3")).await;
+        let Rig { sc, .. } = Rig::builder()
+            .backend(&b)
+            .cfg(|c| c.backend("max_connections", "3"))
+            .start()
+            .await;
         let t = token();
         let herd: Vec<_> = (0..60)
             .map(|i| spawn_get(&sc, &format!("/h{i}"), &t))
@@ -325,12 +339,14 @@ async fn waiting_for_a_connection_is_bounded_by_the_response_timeout() {
         // One connection, held by a slow download: the next request waits, and gets a
         // 504 at the response timeout rather than hanging or opening a second one.
         let b = CountingBackend::start(Mode::SlowBody).await;
-        let sc = Sidecar::start(
-            &Cfg::new(&b.url())
-                .backend("max_connections", "1")
-                .backend("response_timeout", &q("500ms")),
-        )
-        .await;
+        let Rig { sc, .. } = Rig::builder()
+            .backend(&b)
+            .cfg(|c| {
+                c.backend("max_connections", "1")
+                    .backend("response_timeout", &q("500ms"))
+            })
+            .start()
+            .await;
         let t = token();
         let slow = {
             let (url, t) = (sc.url("/slow"), t.clone());

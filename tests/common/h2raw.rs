@@ -4,9 +4,6 @@
 //! CONTINUATION floods. HPACK is written as literals without indexing (no Huffman); of
 //! the answers only frame types, stream ids, error codes and a best-effort `:status` are
 //! read.
-//!
-//! Include with `#[path = "common/h2raw.rs"] mod h2raw;`.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -3,10 +3,12 @@
 //! unnormalised paths, absolute-form targets).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::backend::Echo;
 
@@ -18,6 +20,49 @@ pub fn client() -> reqwest::Client {
         .connect_timeout(Duration::from_secs(5))
         .build()
         .unwrap()
+}
+
+/// Sends `rb` (panics if the request fails) and reads the whole response.
+pub async fn send(rb: reqwest::RequestBuilder) -> Resp {
+    Resp::from_reqwest(rb.send().await.expect("request to the sidecar failed")).await
+}
+
+/// An `Authorization` value: `Bearer <t>`.
+pub fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+/// A raw HTTP/1.1 request: `Host: app.example.com`, the given header lines, and
+/// `Connection: close` unless a Connection header is given.
+pub fn raw_req(method: &str, target: &str, headers: &[(&str, &str)]) -> String {
+    let mut s = format!("{method} {target} HTTP/1.1\r\nHost: app.example.com\r\n");
+    for (k, v) in headers {
+        s.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+    {
+        s.push_str("Connection: close\r\n");
+    }
+    s.push_str("\r\n");
+    s
+}
+
+/// A listener that counts connection attempts (and drops each connection at once):
+/// something the sidecar must never contact shows up as a count above zero.
+pub async fn counting_listener() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let t = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            n2.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    (a, n, t)
 }
 
 /// A response, from reqwest or from raw bytes.

@@ -3,9 +3,7 @@
 //! runtime. "Down" mode closes every new connection at once and answers 503 on the ones
 //! already open, so a client sees an outage either way.
 //!
-//! Used for the JWKS endpoint ([`JwksServer`]) and RFC 7662 introspection. Include with
-//! `#[path = "common/mock.rs"] mod mock;` (it is not declared in mod.rs).
-#![allow(dead_code)]
+//! Used for the JWKS endpoint ([`JwksServer`]) and RFC 7662 introspection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

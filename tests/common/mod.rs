@@ -1,15 +1,23 @@
-//! Shared support for the integration tests: the real `auth-sidecar` binary started on
-//! ephemeral ports ([`Sidecar`]), a small real HTTP backend ([`Backend`]), token minting
-//! ([`tokens`]) and an HTTP client layer that can also speak raw bytes ([`http`]).
-//!
-//! Every integration test file does `mod common;` and uses what it needs, so some items
-//! are unused in some files.
+//! Shared support for the integration tests: [`Rig`], the one way a suite starts the
+//! real `auth-sidecar` binary ([`Sidecar`]) in front of a real backend ([`Backend`],
+//! [`raw_backend`]) with an optional mock token service ([`token_service`]) and JWKS or
+//! other mock server ([`mock`]); config building ([`config`], [`lifecycle`]), token
+//! minting ([`tokens`]), TLS material ([`tls`]) and clients down to raw bytes ([`http`],
+//! [`h2raw`]).
+// Each integration test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
 pub mod backend;
 pub mod config;
+pub mod h2raw;
 pub mod http;
+pub mod lifecycle;
+pub mod mock;
+pub mod raw_backend;
+pub mod rig;
 pub mod sidecar;
+pub mod tls;
+pub mod token_service;
 pub mod tokens;
 
 #[allow(unused_imports)]
@@ -17,9 +25,13 @@ pub use backend::{refusing_addr, Backend, Echo};
 #[allow(unused_imports)]
 pub use config::{fixture, q, Cfg};
 #[allow(unused_imports)]
-pub use http::{client, raw, raw_request, Resp};
+pub use http::{bearer, client, counting_listener, raw, raw_req, raw_request, send, Resp};
 #[allow(unused_imports)]
-pub use sidecar::{check_config, run_to_exit, Sidecar};
+pub use lifecycle::{Lc, API_KEY, API_KEY_ENV, APP_SECRET, APP_SECRET_ENV};
+#[allow(unused_imports)]
+pub use rig::{Rig, RigBuilder, Upstream};
+#[allow(unused_imports)]
+pub use sidecar::{check_config, finish, run_to_exit, vm_rss_kb, Launch, Sidecar};
 #[allow(unused_imports)]
 pub use tokens::*;
 

@@ -2,9 +2,6 @@
 //! byte it received, parses HTTP/1.1 requests itself (Content-Length and chunked
 //! framing, trailers included) and counts them, so a test can tell a request that the
 //! proxy really sent from one made of body bytes.
-//!
-//! Include it with `#[path = "common/raw_backend.rs"] mod raw_backend;`.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -29,7 +29,10 @@ pub struct Sidecar {
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     readers: Vec<JoinHandle<()>>,
-    /// The tempdir with config.toml; kept alive as long as the process.
+    /// stdout lines as they come (kept only by [`Sidecar::spawn`]).
+    lines: Option<mpsc::Receiver<String>>,
+    /// The tempdir (with config.toml, when there is a config); kept alive as long as the
+    /// process.
     pub dir: tempfile::TempDir,
     pub config_text: String,
 }
@@ -55,13 +58,6 @@ fn base_command(dir: &std::path::Path, env: &[(String, String)]) -> Command {
         cmd.env(k, v);
     }
     cmd
-}
-
-fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, text).expect("write config");
-    (dir, path)
 }
 
 fn spawn_reader<R: Read + Send + 'static>(
@@ -102,35 +98,118 @@ pub fn log_field(line: &serde_json::Value, key: &str) -> Option<String> {
     })
 }
 
+/// How to run the binary: its arguments, environment and working directory, an
+/// optional config text (written to `config.toml` in the tempdir and passed as
+/// `--config PATH` after `args`), and whether to wait for the admin listener too.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Working directory; the tempdir when `None`.
+    pub cwd: Option<PathBuf>,
+    pub config: Option<String>,
+    pub want_admin: bool,
+}
+
+impl Launch {
+    /// `auth-sidecar --config <tempdir>/config.toml` with the text and env of `cfg`.
+    pub fn config(cfg: &Cfg) -> Launch {
+        Launch {
+            args: Vec::new(),
+            env: cfg.env.clone(),
+            cwd: None,
+            config: Some(cfg.render()),
+            want_admin: cfg.admin,
+        }
+    }
+
+    /// `auth-sidecar ARGS...` (e.g. `demo`, or `--config examples/x.toml`).
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(args: I) -> Launch {
+        Launch {
+            args: args.into_iter().map(Into::into).collect(),
+            ..Launch::default()
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Launch {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn envs(mut self, pairs: &[(String, String)]) -> Launch {
+        for (k, v) in pairs {
+            self = self.env(k, v);
+        }
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Launch {
+        self.cwd = Some(dir.into());
+        self
+    }
+}
+
 impl Sidecar {
     /// Starts the sidecar; panics with its output if it does not come up.
     pub async fn start(cfg: &Cfg) -> Sidecar {
-        match Self::try_start(cfg).await {
-            Ok(s) => s,
-            Err(f) => panic!(
-                "sidecar did not start (exit: {:?})\n--- config ---\n{}\n--- output ---\n{}",
-                f.status,
-                cfg.render(),
-                f.output
-            ),
-        }
+        Self::launch(Launch::config(cfg)).await
     }
 
     /// Starts the sidecar, or reports how it failed to.
     pub async fn try_start(cfg: &Cfg) -> Result<Sidecar, StartFailure> {
-        let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || Self::start_blocking(&cfg))
+        Self::try_launch(Launch::config(cfg)).await
+    }
+
+    /// Runs the binary as `launch` says and waits for its `listening` line (and
+    /// `admin listening` when asked); panics with its output if it does not come up.
+    pub async fn launch(launch: Launch) -> Sidecar {
+        let what = format!("{:?}", launch.args);
+        let config = launch.config.clone().unwrap_or_default();
+        match Self::try_launch(launch).await {
+            Ok(s) => s,
+            Err(f) => panic!(
+                "sidecar {what} did not start (exit: {:?})\n--- config ---\n{config}\n--- output ---\n{}",
+                f.status, f.output
+            ),
+        }
+    }
+
+    /// [`Sidecar::launch`], or how the start failed.
+    pub async fn try_launch(launch: Launch) -> Result<Sidecar, StartFailure> {
+        tokio::task::spawn_blocking(move || {
+            let want_admin = launch.want_admin;
+            let mut sc = Self::spawn_blocking(launch);
+            let r = sc.wait_listening(want_admin);
+            r.map(|()| {
+                // Lines are kept in `stdout`; nobody reads the channel any more.
+                sc.lines = None;
+                sc
+            })
+        })
+        .await
+        .expect("spawn_blocking")
+    }
+
+    /// Runs the binary as `launch` says without waiting for anything: `addr` is unset and
+    /// stdout lines can be read as they come with [`Sidecar::next_line`].
+    pub async fn spawn(launch: Launch) -> Sidecar {
+        tokio::task::spawn_blocking(move || Self::spawn_blocking(launch))
             .await
             .expect("spawn_blocking")
     }
 
-    fn start_blocking(cfg: &Cfg) -> Result<Sidecar, StartFailure> {
-        let text = cfg.render();
-        let (dir, path) = write_config(&text);
-        let mut cmd = base_command(dir.path(), &cfg.env);
-        cmd.arg("--config")
-            .arg(&path)
-            .stdin(Stdio::null())
+    fn spawn_blocking(launch: Launch) -> Sidecar {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = base_command(launch.cwd.as_deref().unwrap_or(dir.path()), &launch.env);
+        cmd.args(&launch.args);
+        if let Some(text) = &launch.config {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, text).expect("write config");
+            cmd.arg("--config").arg(&path);
+        }
+        let text = launch.config.unwrap_or_default();
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn auth-sidecar");
@@ -141,23 +220,40 @@ impl Sidecar {
             spawn_reader(child.stdout.take().unwrap(), stdout.clone(), Some(tx)),
             spawn_reader(child.stderr.take().unwrap(), stderr.clone(), None),
         ];
-        let want_admin = cfg.admin;
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut addr = None;
-        let mut admin = None;
-        let mut sc = Sidecar {
+        Sidecar {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
             admin: None,
             stdout,
             stderr,
             readers,
+            lines: Some(rx),
             dir,
             config_text: text,
-        };
+        }
+    }
+
+    /// The next stdout line, waiting at most until `deadline`; `None` on timeout or
+    /// when stdout closed. Only for a sidecar from [`Sidecar::spawn`].
+    pub fn next_line(&self, deadline: Instant) -> Option<String> {
+        let rx = self
+            .lines
+            .as_ref()
+            .expect("lines are only kept by Sidecar::spawn");
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+    }
+
+    /// Reads stdout until the `listening` line (and `admin listening` if `want_admin`),
+    /// bounded by [`START_TIMEOUT`]; on failure the process is gone.
+    fn wait_listening(&mut self, want_admin: bool) -> Result<(), StartFailure> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut addr = None;
+        let mut admin = None;
         while addr.is_none() || (want_admin && admin.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            let got = self.lines.as_ref().expect("lines").recv_timeout(left);
+            match got {
                 Ok(line) => {
                     let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                         continue;
@@ -174,29 +270,29 @@ impl Sidecar {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let status = sc.kill();
+                    let status = self.kill();
                     return Err(StartFailure {
                         status,
                         output: format!(
                             "(no `listening` line within {START_TIMEOUT:?})\n{}",
-                            sc.logs()
+                            self.logs()
                         ),
                     });
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // stdout closed: the process is exiting.
-                    let status = sc.wait_exit(Duration::from_secs(10));
-                    sc.join_readers();
+                    let status = self.wait_exit(Duration::from_secs(10));
+                    self.join_readers();
                     return Err(StartFailure {
                         status,
-                        output: sc.logs(),
+                        output: self.logs(),
                     });
                 }
             }
         }
-        sc.addr = addr.unwrap();
-        sc.admin = admin;
-        Ok(sc)
+        self.addr = addr.unwrap();
+        self.admin = admin;
+        Ok(())
     }
 
     /// `http://<proxy addr><path>`.
@@ -230,6 +326,28 @@ impl Sidecar {
     /// The process id (for signals).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends signal `sig` (e.g. `HUP`) with the `kill` command (no libc); panics if the
+    /// process is gone or `kill` fails.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("the sidecar is not running");
+        let st = Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} {pid} failed");
+    }
+
+    /// Whether the process still exists (`kill -0`).
+    pub fn is_alive(&self) -> bool {
+        self.pid().is_some_and(|pid| {
+            Command::new("kill")
+                .args(["-0", &pid.to_string()])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
     }
 
     /// SIGTERM, then wait (bounded, 10 s) for the exit and for every output line to be
@@ -283,6 +401,18 @@ impl Drop for Sidecar {
     }
 }
 
+/// Resident set size of process `pid` in KiB (`VmRSS` from /proc), 0 if unknown.
+pub fn vm_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Output of a process that ran to completion.
 #[derive(Debug)]
 pub struct Finished {
@@ -304,45 +434,32 @@ pub async fn run_to_exit(
     args: &[&str],
     env: &[(String, String)],
 ) -> (Finished, tempfile::TempDir) {
-    let cfg_text = cfg_text.to_string();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let env = env.to_vec();
+    let mut launch = Launch::args(args.iter().copied()).envs(env);
+    launch.config = Some(cfg_text.to_string());
+    finish(launch).await
+}
+
+/// Runs the binary as `launch` says to completion, bounded by 20 s; the child is killed
+/// if it does not exit. Returns its output and the tempdir it ran in.
+pub async fn finish(launch: Launch) -> (Finished, tempfile::TempDir) {
     tokio::task::spawn_blocking(move || {
-        let (dir, path) = write_config(&cfg_text);
-        let mut cmd = base_command(dir.path(), &env);
-        cmd.args(&args)
-            .arg("--config")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn auth-sidecar");
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let err = Arc::new(Mutex::new(Vec::new()));
-        let r1 = spawn_reader(child.stdout.take().unwrap(), out.clone(), None);
-        let r2 = spawn_reader(child.stderr.take().unwrap(), err.clone(), None);
+        let args = launch.args.clone();
+        let mut sc = Sidecar::spawn_blocking(launch);
         let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Ok(Some(s)) = child.try_wait() {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = r1.join();
-                let _ = r2.join();
-                panic!(
-                    "auth-sidecar {args:?} did not exit within 20 s\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                    out.lock().unwrap().join("\n"),
-                    err.lock().unwrap().join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let Some(status) = sc.wait_exit(deadline.saturating_duration_since(Instant::now())) else {
+            sc.kill();
+            sc.join_readers();
+            panic!(
+                "auth-sidecar {args:?} did not exit within 20 s\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                sc.stdout.lock().unwrap().join("\n"),
+                sc.stderr.lock().unwrap().join("\n")
+            );
         };
-        let _ = r1.join();
-        let _ = r2.join();
-        let stdout = out.lock().unwrap().join("\n");
-        let stderr = err.lock().unwrap().join("\n");
+        sc.join_readers();
+        let stdout = sc.stdout.lock().unwrap().join("\n");
+        let stderr = sc.stderr.lock().unwrap().join("\n");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = std::mem::replace(&mut sc.dir, dir);
         (Finished { status, stdout, stderr }, dir)
     })
     .await

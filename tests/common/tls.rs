@@ -3,9 +3,6 @@
 //! client/server configs (aws-lc-rs, TLS 1.2/1.3), a one-shot HTTPS request over a fresh
 //! connection with a chosen ALPN (hyper client conn, h1 or h2), and [`TlsFront`], a TLS
 //! terminator that puts any plain test server behind HTTPS.
-//!
-//! Include with `#[path = "common/tls.rs"] mod tls;` (it is not declared in mod.rs).
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

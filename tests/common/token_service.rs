@@ -17,7 +17,6 @@
 //!
 //! Faults never consume refresh tokens, so a pair that met a fault still works once the
 //! service is back (which is what the sidecar promises its clients).
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -36,7 +35,7 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use crate::common::tokens::HS_SECRET;
+use super::tokens::HS_SECRET;
 
 /// The secret of the "wrong key" fault: tokens signed with it must never verify.
 pub const WRONG_SECRET: &str = "token-service-wrong-key-never-trust-0123456789abcdef";
