@@ -87,6 +87,7 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
         cfg.initiate.clone(),
         cfg.app_identity.clone(),
         http.clone(),
+        None,
         verifier.clone(),
     );
     let introspector = cfg

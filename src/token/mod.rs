@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod call;
+pub mod coordinate;
 pub mod keys;
 pub mod lifecycle;
 pub mod remote;
@@ -11,6 +12,7 @@ pub mod verify;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use coordinate::{Coordinated, Coordinator, Flight, Pair};
 pub use keys::KeySet;
 pub use lifecycle::{Lifecycle, RenewError, Session};
 pub use remote::{Introspector, JwksRemote};

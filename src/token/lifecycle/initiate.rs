@@ -11,6 +11,7 @@ use super::exchange::{escape, record, sensitive, Exchange};
 use super::flight::single_flight;
 use super::{Lifecycle, RenewError, Session};
 use crate::token::call::Call;
+use crate::token::coordinate::Flight;
 use crate::token::now_secs;
 use crate::token::verify::{Verdict, Verified};
 
@@ -87,6 +88,22 @@ impl Lifecycle {
     }
 
     async fn call_initiate(&self, s: Subject) -> Result<Arc<Session>, RenewError> {
+        let Some(cfg) = &self.initiate else {
+            return Err(super::REFRESH_REJECTED);
+        };
+        let flight = Flight {
+            kind: "initiate",
+            secret: &s.key,
+            grace: cfg.grace,
+            rejected_ttl: std::time::Duration::ZERO,
+            retry_after: self.retry_after(),
+        };
+        self.coordinated(flight, Box::new(|| Box::pin(self.initiate_call(&s))))
+            .await
+    }
+
+    /// The initiate call itself.
+    async fn initiate_call(&self, s: &Subject) -> Result<Arc<Session>, RenewError> {
         let Some(cfg) = &self.initiate else {
             return Err(super::REFRESH_REJECTED);
         };

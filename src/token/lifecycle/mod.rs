@@ -29,6 +29,7 @@ use moka::future::Cache;
 
 use super::cache::TokenHash;
 use super::call::TokenHttp;
+use super::coordinate::{CallOnce, Coordinated, Coordinator, Flight, Pair};
 use super::verify::{Verified, Verifier};
 use crate::config::{AppIdentity, Initiate, Refresh};
 
@@ -69,6 +70,8 @@ pub struct Lifecycle {
     /// Checks app identity tokens with the same verifier code as access tokens.
     app_verifier: Option<Verifier>,
     http: Arc<dyn TokenHttp>,
+    /// The shared store, when replicas coordinate their calls.
+    coordinator: Option<Arc<dyn Coordinator>>,
     verifier: Arc<Verifier>,
     refreshed: Cache<TokenHash, Arc<Session>>,
     rejected: Cache<TokenHash, ()>,
@@ -81,6 +84,7 @@ impl Lifecycle {
         initiate: Option<Initiate>,
         app: Option<AppIdentity>,
         http: Arc<dyn TokenHttp>,
+        coordinator: Option<Arc<dyn Coordinator>>,
         verifier: Arc<Verifier>,
     ) -> Arc<Lifecycle> {
         let ttl = |d: Duration| d.max(Duration::from_millis(1));
@@ -112,6 +116,7 @@ impl Lifecycle {
             initiate,
             app_verifier,
             http,
+            coordinator,
             verifier,
         })
     }
@@ -133,6 +138,41 @@ impl Lifecycle {
     fn unavailable(&self) -> RenewError {
         RenewError::Unavailable {
             retry_after: self.retry_after(),
+        }
+    }
+
+    /// Makes a flight's call, coordinated across replicas when a store is configured.
+    /// A pair another replica obtained is verified again here before anyone uses it
+    /// (`renew` then checks its subject as for a pair of our own).
+    async fn coordinated<'a>(
+        &'a self,
+        flight: Flight<'a>,
+        call: CallOnce<'a>,
+    ) -> Result<Arc<Session>, RenewError> {
+        let Some(c) = &self.coordinator else {
+            return call().await;
+        };
+        let initiated = flight.kind == "initiate";
+        match c.coordinate(flight, call).await {
+            Coordinated::Ran(r) => r,
+            Coordinated::Refused(e) => Err(e),
+            Coordinated::Shared(Pair {
+                access_token,
+                refresh_token,
+            }) => match self
+                .verifier
+                .verify_uncached(&access_token, super::now_secs())
+            {
+                Ok(super::Verdict::Valid(v)) => Ok(Arc::new(Session {
+                    access_token,
+                    refresh_token,
+                    verified: v,
+                    initiated,
+                })),
+                _ => Err(RenewError::BadResponse(
+                    "a shared token pair does not verify",
+                )),
+            },
         }
     }
 

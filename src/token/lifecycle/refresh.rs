@@ -11,6 +11,7 @@ use super::flight::single_flight;
 use super::{Lifecycle, RenewError, Session};
 use crate::token::cache::hash_token;
 use crate::token::call::Call;
+use crate::token::coordinate::Flight;
 
 impl Lifecycle {
     pub(super) async fn refresh(
@@ -43,10 +44,32 @@ impl Lifecycle {
         let Some(cfg) = &self.refresh else {
             return Err(super::REFRESH_REJECTED);
         };
+        let flight = Flight {
+            kind: "refresh",
+            secret: &refresh_token,
+            grace: cfg.grace,
+            rejected_ttl: cfg.rejected_ttl,
+            retry_after: cfg.retry_after,
+        };
+        let result = self
+            .coordinated(flight, Box::new(|| Box::pin(self.refresh_call(&refresh_token))))
+            .await;
+        if matches!(result, Err(RenewError::Rejected(_))) {
+            // Remembered before the single flight ends, so no waiter can slip in a second call.
+            self.rejected.insert(hash_token(&refresh_token), ()).await;
+        }
+        result
+    }
+
+    /// The refresh call itself.
+    async fn refresh_call(&self, refresh_token: &str) -> Result<Arc<Session>, RenewError> {
+        let Some(cfg) = &self.refresh else {
+            return Err(super::REFRESH_REJECTED);
+        };
         let json = cfg.content_type.to_str().is_ok_and(|c| c.contains("json"));
         let body = cfg
             .body
-            .replace("{refresh_token}", &escape(&refresh_token, json));
+            .replace("{refresh_token}", &escape(refresh_token, json));
         let mut headers = vec![(http::header::CONTENT_TYPE, cfg.content_type.clone())];
         if let Some(key) = &cfg.api_key {
             if let Ok(v) = HeaderValue::from_bytes(&key.secret.0) {
@@ -67,14 +90,10 @@ impl Lifecycle {
                 call,
                 access_ptr: &cfg.access_token_pointer,
                 refresh_ptr: &cfg.refresh_token_pointer,
-                old_refresh: Some(&refresh_token),
+                old_refresh: Some(refresh_token),
                 initiated: false,
             })
             .await;
-        if matches!(result, Err(RenewError::Rejected(_))) {
-            // Remembered before the single flight ends, so no waiter can slip in a second call.
-            self.rejected.insert(hash_token(&refresh_token), ()).await;
-        }
         record("refresh", &result, started);
         result
     }
