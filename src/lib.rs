@@ -49,7 +49,7 @@ pub fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<
             None
         }
     };
-    let tls = outbound::client_tls(&cfg.backend.tls)
+    let tls = outbound::client_tls(&cfg.backend.client_tls())
         .map_err(|e| problems.push(format!("outbound TLS: {e}")))
         .ok();
     if let Some(t) = &cfg.server.tls {
@@ -68,7 +68,7 @@ pub fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<
     }
     let http: Arc<dyn token::lifecycle::TokenHttp> =
         Arc::new(outbound::HyperTokenHttp::new(tls.clone()));
-    let jwks = cfg.auth.jwks_url.clone().map(|j| {
+    let jwks = cfg.auth.remote_jwks().map(|j| {
         token::JwksRemote::new(j, http.clone(), cfg.auth.algorithms.clone(), keys.clone())
     });
     let introspector = cfg
@@ -152,7 +152,7 @@ pub struct Bound {
 impl Bound {
     pub async fn bind(cfg: &Config) -> std::io::Result<Bound> {
         let proxy = listen::bind(cfg.server.listen).await?;
-        let admin = match cfg.admin_listen {
+        let admin = match cfg.admin.listen {
             Some(a) => Some(listen::bind(a).await?),
             None => None,
         };
@@ -272,7 +272,7 @@ fn reload_config(path: &Path, state: &ArcSwap<State>, m: &metrics::Metrics) {
         }
     };
     let old = state.load();
-    if cfg.server.listen != old.cfg.server.listen || cfg.admin_listen != old.cfg.admin_listen {
+    if cfg.server.listen != old.cfg.server.listen || cfg.admin.listen != old.cfg.admin.listen {
         tracing::warn!(
             "listen addresses change only on restart; the rest of the new config applies"
         );

@@ -289,9 +289,9 @@ impl Lifecycle {
             .body
             .replace("{refresh_token}", &escape(&refresh_token, json));
         let mut headers = vec![(http::header::CONTENT_TYPE, cfg.content_type.clone())];
-        if let Some((h, key)) = &cfg.api_key {
-            if let Ok(v) = HeaderValue::from_bytes(&key.0) {
-                headers.push((h.clone(), sensitive(v)));
+        if let Some(key) = &cfg.api_key {
+            if let Ok(v) = HeaderValue::from_bytes(&key.secret.0) {
+                headers.push((key.header.clone(), sensitive(v)));
             }
         }
         let call = Call {
@@ -391,8 +391,8 @@ impl Lifecycle {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )];
-        if let Ok(v) = HeaderValue::from_bytes(&cfg.api_key.1 .0) {
-            headers.push((cfg.api_key.0.clone(), sensitive(v)));
+        if let Ok(v) = HeaderValue::from_bytes(&cfg.api_key.secret.0) {
+            headers.push((cfg.api_key.header.clone(), sensitive(v)));
         }
         let call = Call {
             method: Method::POST,
