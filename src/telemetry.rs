@@ -6,7 +6,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
-use crate::config::{LogFormat, Log};
+use crate::config::{Log, LogFormat};
 
 /// Environment variable that overrides `log.level` (an EnvFilter directive).
 pub const ENV_LOG: &str = "AUTH_SIDECAR_LOG";

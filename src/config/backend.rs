@@ -104,9 +104,7 @@ impl Backend {
     }
 
     pub(super) fn validate(&mut self, c: &mut Checker<'_>) {
-        if !types::is_set(&self.uri) {
-            c.fail("backend.url: `` is not an http(s) URL".into());
-        }
+        c.require_url("backend.url", &self.uri);
         if self.uri.query().is_some() {
             c.fail("backend.url: must not have a query".into());
         }

@@ -115,9 +115,7 @@ fn check_response_bytes(c: &mut Checker<'_>, key: &str, n: usize) {
 
 impl Refresh {
     pub(super) fn validate(&mut self, c: &mut Checker<'_>) {
-        if !types::is_set(&self.uri) {
-            c.fail("refresh.url: `` is not an http(s) URL".into());
-        }
+        c.require_url("refresh.url", &self.uri);
         c.pointer("refresh.access_token_pointer", &self.access_token_pointer);
         c.pointer("refresh.refresh_token_pointer", &self.refresh_token_pointer);
         if self.access_token_pointer.is_empty() {
@@ -236,11 +234,12 @@ impl Default for Initiate {
 
 impl Initiate {
     pub(super) fn validate(&mut self, c: &mut Checker<'_>) {
-        if !types::is_set(&self.uri) {
-            c.fail("initiate.url: `` is not an http(s) URL".into());
-        }
+        c.require_url("initiate.url", &self.uri);
         c.pointer("initiate.access_token_pointer", &self.access_token_pointer);
-        c.pointer("initiate.refresh_token_pointer", &self.refresh_token_pointer);
+        c.pointer(
+            "initiate.refresh_token_pointer",
+            &self.refresh_token_pointer,
+        );
         if !self.api_key_secret.is_set() {
             c.fail("initiate.api_key: required (env or file)".into());
         } else if self.api_key_secret.load("initiate.api_key", c) {
@@ -359,16 +358,15 @@ impl Default for Introspection {
 
 impl Introspection {
     pub(super) fn validate(&mut self, c: &mut Checker<'_>) {
-        if !types::is_set(&self.url) {
-            c.fail("introspection.url: `` is not an http(s) URL".into());
-        }
+        c.require_url("introspection.url", &self.url);
         self.client = match (&self.client_id, &mut self.client_secret) {
-            (Some(id), Some(s)) => s
-                .load("introspection.client_secret", c)
-                .then(|| ClientCredentials {
-                    id: id.clone(),
-                    secret: s.value.clone(),
-                }),
+            (Some(id), Some(s)) => {
+                s.load("introspection.client_secret", c)
+                    .then(|| ClientCredentials {
+                        id: id.clone(),
+                        secret: s.value.clone(),
+                    })
+            }
             (None, None) => None,
             _ => {
                 c.fail(

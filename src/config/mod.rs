@@ -72,7 +72,8 @@ pub struct Config {
     pub auth: Auth,
     /// Identity headers set for the backend.
     pub identity: Identity,
-    /// Route rules, longest prefix first; a path that matches none is `required`.
+    /// Route rules: the longest prefix on segment boundaries wins; a path that matches
+    /// no rule is `required`.
     pub routes: Vec<Route>,
     /// Refresh of expired access tokens; unset = no refresh.
     pub refresh: Option<Refresh>,
@@ -245,7 +246,8 @@ fn deserialize(mut value: toml::Value, problems: &mut Vec<String>) -> Option<Con
     let mut refused = Vec::new();
     let cfg = loop {
         let mut ignored = Vec::new();
-        let mut note = |p: serde_ignored::Path<'_>| ignored.push(p.to_string());
+        // `refresh.?.x`: the `?` marks the `Option` around a section, not a key.
+        let mut note = |p: serde_ignored::Path<'_>| ignored.push(p.to_string().replace(".?", ""));
         let de = serde_ignored::Deserializer::new(value.clone(), &mut note);
         let result: Result<Config, _> = serde_path_to_error::deserialize(de);
         for k in ignored {
@@ -257,7 +259,9 @@ fn deserialize(mut value: toml::Value, problems: &mut Vec<String>) -> Option<Con
             Ok(cfg) => break Some(cfg),
             Err(e) => {
                 let path = e.path().clone();
-                let msg = e.into_inner().to_string().trim().to_string();
+                // toml appends "in `key`" on a line of its own; the key leads instead.
+                let msg = e.into_inner().to_string();
+                let msg = msg.split("\nin `").next().unwrap_or("").trim().to_string();
                 if path.iter().next().is_none() {
                     refused.push(msg);
                     break None;
@@ -356,6 +360,13 @@ pub(crate) struct Checker<'a> {
 impl Checker<'_> {
     fn fail(&mut self, msg: String) {
         self.problems.push(msg);
+    }
+    /// A URL that has no default must be set (unless its value was already refused).
+    fn require_url(&mut self, key: &str, u: &http::Uri) {
+        let prefix = format!("{key}: ");
+        if !types::is_set(u) && !self.problems.iter().any(|p| p.starts_with(&prefix)) {
+            self.fail(format!("{key}: `` is not an http(s) URL"));
+        }
     }
     fn pointer(&mut self, key: &str, v: &str) {
         if !(v.is_empty() || v.starts_with('/')) {

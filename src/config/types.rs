@@ -85,9 +85,8 @@ pub mod listen_addr {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
         let v = string(d)?;
-        v.parse().map_err(|_| {
-            D::Error::custom(format!("`{v}` is not an address like 127.0.0.1:8080"))
-        })
+        v.parse()
+            .map_err(|_| D::Error::custom(format!("`{v}` is not an address like 127.0.0.1:8080")))
     }
 }
 
@@ -173,8 +172,7 @@ pub mod header_value {
         s.serialize_str(h.to_str().unwrap_or_default())
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HeaderValue, D::Error> {
-        HeaderValue::from_str(&string(d)?)
-            .map_err(|_| D::Error::custom("not a valid header value"))
+        HeaderValue::from_str(&string(d)?).map_err(|_| D::Error::custom("not a valid header value"))
     }
 }
 
