@@ -69,7 +69,7 @@ async fn route(
             if st.jwks.as_ref().is_some_and(|j| !j.loaded()) {
                 problems.push("jwks not loaded yet");
             }
-            if st.cfg.raw.admin.ready_requires_backend {
+            if st.cfg.admin.ready_requires_backend {
                 let backend = st.forwarder.authority();
                 let https = st.cfg.backend.scheme == http::uri::Scheme::HTTPS;
                 if !crate::listen::reachable(backend, if https { 443 } else { 80 }).await {

@@ -52,7 +52,7 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
             None
         }
     };
-    let tls = outbound::client_tls(&cfg.backend.tls)
+    let tls = outbound::client_tls(&cfg.backend.client_tls())
         .map_err(|e| problems.push(format!("outbound TLS: {e}")))
         .ok();
     if let Some(t) = &cfg.server.tls {
@@ -71,7 +71,7 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
     }
     let http: Arc<dyn token::call::TokenHttp> =
         Arc::new(outbound::HyperTokenHttp::new(tls.clone()));
-    let jwks = cfg.auth.jwks_url.clone().map(|j| {
+    let jwks = cfg.auth.remote_jwks().map(|j| {
         token::JwksRemote::new(j, http.clone(), cfg.auth.algorithms.clone(), keys.clone())
     });
     let route_claims = cfg
@@ -182,7 +182,7 @@ impl Server {
     /// Binds the proxy and admin listeners.
     pub async fn bind(&self) -> std::io::Result<Bound> {
         let proxy = listen::bind(self.cfg.server.listen).await?;
-        let admin = match self.cfg.admin_listen {
+        let admin = match self.cfg.admin.listen {
             Some(a) => Some(listen::bind(a).await?),
             None => None,
         };
@@ -303,7 +303,7 @@ fn reload_config(path: &Path, state: &ArcSwap<State>, m: &metrics::Metrics) {
         }
     };
     let old = state.load();
-    if cfg.server.listen != old.cfg.server.listen || cfg.admin_listen != old.cfg.admin_listen {
+    if cfg.server.listen != old.cfg.server.listen || cfg.admin.listen != old.cfg.admin.listen {
         tracing::warn!(
             "listen addresses change only on restart; the rest of the new config applies"
         );

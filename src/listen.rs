@@ -16,18 +16,18 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::config::{Server, TlsRaw};
+use crate::config::{Server, Tls};
 use crate::proxy::{self, ConnInfo, State};
 
 /// The server TLS acceptor, rebuilt when the certificate files change.
 pub struct TlsReloader {
-    files: TlsRaw,
+    files: Tls,
     stamp: std::sync::Mutex<Option<(SystemTime, SystemTime)>>,
     acceptor: ArcSwap<tokio_rustls::TlsAcceptor>,
 }
 
 impl TlsReloader {
-    pub fn new(files: &TlsRaw) -> Result<Arc<TlsReloader>, String> {
+    pub fn new(files: &Tls) -> Result<Arc<TlsReloader>, String> {
         let acceptor = build_acceptor(files)?;
         Ok(Arc::new(TlsReloader {
             stamp: std::sync::Mutex::new(stamps(files)),
@@ -62,13 +62,13 @@ impl TlsReloader {
     }
 }
 
-fn stamps(f: &TlsRaw) -> Option<(SystemTime, SystemTime)> {
+fn stamps(f: &Tls) -> Option<(SystemTime, SystemTime)> {
     let m = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     Some((m(&f.cert_file)?, m(&f.key_file)?))
 }
 
 /// rustls server config: TLS 1.2 and 1.3 only, ALPN h2 and http/1.1.
-pub fn build_acceptor(files: &TlsRaw) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub fn build_acceptor(files: &Tls) -> Result<tokio_rustls::TlsAcceptor, String> {
     let cert_pem = std::fs::read(&files.cert_file)
         .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
     let key_pem =

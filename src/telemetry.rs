@@ -6,13 +6,13 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
-use crate::config::{LogFormat, LogRaw};
+use crate::config::{Log, LogFormat};
 
 /// Environment variable that overrides `log.level` (an EnvFilter directive).
 pub const ENV_LOG: &str = "AUTH_SIDECAR_LOG";
 
 /// Installs the global subscriber. Logs go to stdout (one line per event).
-pub fn init(log: &LogRaw) {
+pub fn init(log: &Log) {
     let level = std::env::var(ENV_LOG).unwrap_or_else(|_| log.level.clone());
     // Dependencies (hyper, rustls, moka) log connection internals at trace level; keep
     // them at warn unless the filter names them explicitly.
@@ -45,7 +45,7 @@ pub fn init(log: &LogRaw) {
     }
 }
 
-fn install<F: Layer<Registry> + Send + Sync + 'static>(filter: F, log: &LogRaw) {
+fn install<F: Layer<Registry> + Send + Sync + 'static>(filter: F, log: &Log) {
     use std::io::IsTerminal;
     let ansi = std::io::stdout().is_terminal();
     let base = Registry::default().with(filter);

@@ -47,10 +47,14 @@ pub enum Coordinated {
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The call, made only if this replica is to make it.
-pub type CallOnce<'a> = Box<dyn FnOnce() -> BoxFuture<'a, Result<Arc<Session>, RenewError>> + Send + 'a>;
+pub type CallOnce<'a> =
+    Box<dyn FnOnce() -> BoxFuture<'a, Result<Arc<Session>, RenewError>> + Send + 'a>;
 
 /// Makes a flight's call at most once across the replicas sharing a store.
 pub trait Coordinator: Send + Sync + 'static {
-    fn coordinate<'a>(&'a self, flight: Flight<'a>, call: CallOnce<'a>)
-        -> BoxFuture<'a, Coordinated>;
+    fn coordinate<'a>(
+        &'a self,
+        flight: Flight<'a>,
+        call: CallOnce<'a>,
+    ) -> BoxFuture<'a, Coordinated>;
 }

@@ -35,12 +35,13 @@ pub fn load_keys(cfg: &Config) -> Result<KeySet, Vec<String>> {
     if let Some(secret) = &cfg.auth.hmac_secret {
         set.add_hmac(&secret.0);
     }
-    for (pem, kid, path) in &cfg.auth.public_keys {
-        if let Err(e) = set.add_pem(pem, kid.clone()) {
-            problems.push(format!("auth.public_keys: {}: {e}", path.display()));
+    for k in &cfg.auth.public_keys {
+        if let Err(e) = set.add_pem(&k.pem, k.kid.clone()) {
+            problems.push(format!("auth.public_keys: {}: {e}", k.file.display()));
         }
     }
-    if let Some((text, path)) = &cfg.auth.jwks {
+    if let Some(jwks) = &cfg.auth.jwks {
+        let (text, path) = (&jwks.text, &jwks.path);
         match set.add_jwks(text, &cfg.auth.algorithms) {
             Ok(skipped) => {
                 for s in skipped {

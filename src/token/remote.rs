@@ -73,7 +73,7 @@ impl JwksRemote {
             )],
             body: Bytes::new(),
             timeout: self.cfg.timeout,
-            max_response_bytes: 512 * 1024,
+            max_response_bytes: self.cfg.max_bytes,
         };
         let result = self.fetch(call, verifier).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -276,11 +276,11 @@ impl Introspector {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         )];
-        if let Some((id, secret)) = &self.cfg.client {
+        if let Some(client) = &self.cfg.client {
             use base64::Engine;
-            let mut raw = id.as_bytes().to_vec();
+            let mut raw = client.id.as_bytes().to_vec();
             raw.push(b':');
-            raw.extend_from_slice(&secret.0);
+            raw.extend_from_slice(&client.secret.0);
             let b = base64::engine::general_purpose::STANDARD.encode(raw);
             if let Ok(mut v) = HeaderValue::from_str(&format!("Basic {b}")) {
                 v.set_sensitive(true);

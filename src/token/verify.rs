@@ -107,6 +107,8 @@ pub struct Verifier {
     /// Recently seen expired-but-well-signed tokens: a refresh herd (thousands of
     /// requests on one expired pair) checks the signature once, not once per request.
     expired: TokenCache<Arc<Verified>>,
+    /// How long an expired-but-well-signed token's verdict is remembered (seconds).
+    expired_ttl: u64,
     /// Claims worth keeping in a cached entry (those route rules read); the rest are
     /// dropped, so 100 000 cached tokens stay small.
     kept_claims: Vec<String>,
@@ -132,7 +134,8 @@ impl Verifier {
             },
             project,
             cache: TokenCache::new(auth.cache_capacity),
-            expired: TokenCache::new(EXPIRED_CAPACITY),
+            expired: TokenCache::new(auth.expired_cache_capacity),
+            expired_ttl: auth.expired_cache_ttl.as_secs(),
             kept_claims: Vec::new(),
             hits: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "hit"),
             misses: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "miss"),
@@ -162,6 +165,7 @@ impl Verifier {
             project: Arc::new(NoProjection),
             cache: TokenCache::new(1),
             expired: TokenCache::new(1),
+            expired_ttl: 0,
             kept_claims: Vec::new(),
             hits: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "hit"),
             misses: metrics::counter!("auth_sidecar_verify_cache_total", "result" => "miss"),
@@ -230,7 +234,7 @@ impl Verifier {
             }
             Verdict::Expired(v) => self
                 .expired
-                .insert(key, v.clone(), now + EXPIRED_TTL_SECS, now),
+                .insert(key, v.clone(), now + self.expired_ttl, now),
         }
         Ok(verdict)
     }
@@ -397,10 +401,6 @@ fn numeric_date(v: Option<&Value>) -> Option<u64> {
 }
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
-/// How long an expired-but-well-signed token's verdict is remembered, and how many.
-const EXPIRED_TTL_SECS: u64 = 60;
-const EXPIRED_CAPACITY: u64 = 10_000;
 
 /// The JOSE header fields we act on (RFC 7515 §4.1).
 struct JoseHeader {

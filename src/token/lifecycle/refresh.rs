@@ -52,7 +52,10 @@ impl Lifecycle {
             retry_after: cfg.retry_after,
         };
         let result = self
-            .coordinated(flight, Box::new(|| Box::pin(self.refresh_call(&refresh_token))))
+            .coordinated(
+                flight,
+                Box::new(|| Box::pin(self.refresh_call(&refresh_token))),
+            )
             .await;
         if matches!(result, Err(RenewError::Rejected(_))) {
             // Remembered before the single flight ends, so no waiter can slip in a second call.

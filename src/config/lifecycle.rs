@@ -1,0 +1,380 @@
+//! The token lifecycle sections: `[refresh]`, `[initiate]`, `[app_identity]` and
+//! `[introspection]`. Each is optional; its presence enables the feature.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, Uri};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::secret::{Secret, SecretBytes};
+use super::{types, Checker};
+
+/// An API key sent on calls to the token service: the header and its value.
+#[derive(Clone, Debug)]
+pub struct ApiKey {
+    pub header: HeaderName,
+    pub secret: SecretBytes,
+}
+
+/// Refresh: an expired access token with a valid signature, plus a refresh token, is
+/// exchanged for a new pair (one call per refresh token, however many requests wait).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct Refresh {
+    /// Token service refresh endpoint (required; setting `[refresh]` enables refresh).
+    #[serde(rename = "url", with = "types::http_url")]
+    #[schemars(with = "String")]
+    pub uri: Uri,
+    /// Method of the refresh call.
+    #[serde(with = "types::method")]
+    #[schemars(with = "String")]
+    pub method: Method,
+    /// Request body template; must contain `{refresh_token}`, which is JSON-escaped (or
+    /// form-encoded for non-JSON content types).
+    pub body: String,
+    /// Content type of the request body.
+    #[serde(with = "types::header_value")]
+    #[schemars(with = "String")]
+    pub content_type: HeaderValue,
+    /// Header of an optional API key on refresh calls; goes with `api_key`.
+    #[serde(with = "types::opt_header")]
+    #[schemars(with = "Option<String>")]
+    pub api_key_header: Option<HeaderName>,
+    /// Optional API key on refresh calls, a secret reference; goes with
+    /// `api_key_header`.
+    #[serde(rename = "api_key")]
+    pub api_key_secret: Option<Secret>,
+    /// `api_key_header` with the loaded `api_key`, when both are set.
+    #[serde(skip)]
+    pub api_key: Option<ApiKey>,
+    /// JSON pointer (starting with `/`, not empty) to the new access token in the answer.
+    pub access_token_pointer: String,
+    /// JSON pointer to the new refresh token in the answer; no new refresh token keeps
+    /// the old one.
+    pub refresh_token_pointer: String,
+    /// Timeout per refresh call, above zero.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// How long a new pair is handed to requests still carrying the old one (another
+    /// tab, a retry, a WebSocket reconnect).
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub grace: Duration,
+    /// How long a refresh token that the token service rejected is remembered.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub rejected_ttl: Duration,
+    /// Header the client sends its refresh token in (removed before forwarding).
+    #[serde(with = "types::header")]
+    #[schemars(with = "String")]
+    pub header: HeaderName,
+    /// Cookie the client may send its refresh token in instead; unset = none.
+    pub cookie: Option<String>,
+    /// Larger answers from the token service are "unavailable" (503); 1 … 1048576 bytes.
+    pub max_response_bytes: usize,
+    /// `Retry-After` on a 503 when the token service is unavailable.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub retry_after: Duration,
+    /// Entries, at most (at least 1), in the refreshed-pair grace cache and in the
+    /// rejected-token cache (each).
+    pub cache_capacity: u64,
+}
+
+impl Default for Refresh {
+    fn default() -> Self {
+        Self {
+            uri: Uri::default(),
+            method: Method::POST,
+            body: r#"{"refresh_token": "{refresh_token}"}"#.into(),
+            content_type: HeaderValue::from_static("application/json"),
+            api_key_header: None,
+            api_key_secret: None,
+            api_key: None,
+            access_token_pointer: "/access_token".into(),
+            refresh_token_pointer: "/refresh_token".into(),
+            timeout: Duration::from_secs(5),
+            grace: Duration::from_secs(30),
+            rejected_ttl: Duration::from_secs(10),
+            header: HeaderName::from_static("x-refresh-token"),
+            cookie: None,
+            max_response_bytes: 64 * 1024,
+            retry_after: Duration::from_secs(5),
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+fn check_response_bytes(c: &mut Checker<'_>, key: &str, n: usize) {
+    if n == 0 || n > 1024 * 1024 {
+        c.fail(format!("{key}: must be between 1 and 1048576"));
+    }
+}
+
+impl Refresh {
+    pub(super) fn validate(&mut self, c: &mut Checker<'_>) {
+        c.require_url("refresh.url", &self.uri);
+        c.pointer("refresh.access_token_pointer", &self.access_token_pointer);
+        c.pointer("refresh.refresh_token_pointer", &self.refresh_token_pointer);
+        if self.access_token_pointer.is_empty() {
+            c.fail("refresh.access_token_pointer: must not be empty".into());
+        }
+        if !self.body.contains("{refresh_token}") {
+            c.fail("refresh.body: must contain the {refresh_token} placeholder".into());
+        }
+        self.api_key = match (&self.api_key_header, &mut self.api_key_secret) {
+            (Some(h), Some(s)) => s.load("refresh.api_key", c).then(|| ApiKey {
+                header: h.clone(),
+                secret: s.value.clone(),
+            }),
+            (None, None) => None,
+            _ => {
+                c.fail("refresh.api_key_header and refresh.api_key go together".into());
+                None
+            }
+        };
+        check_response_bytes(c, "refresh.max_response_bytes", self.max_response_bytes);
+        if self.timeout.is_zero() {
+            c.fail("refresh.timeout: must be greater than zero".into());
+        }
+        if self.cache_capacity == 0 {
+            c.fail("refresh.cache_capacity: must be at least 1".into());
+        }
+    }
+}
+
+/// Initiate: a new session started server-side with the API key, for the user proven by
+/// a recently expired token or an app identity token (one call per user at a time).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct Initiate {
+    /// Token service initiate endpoint (required; setting `[initiate]` enables initiate).
+    #[serde(rename = "url", with = "types::http_url")]
+    #[schemars(with = "String")]
+    pub uri: Uri,
+    /// The API key, a secret reference (required); it never leaves the sidecar: not in
+    /// a response, not to the backend, not in a log line.
+    #[serde(rename = "api_key")]
+    pub api_key_secret: Secret,
+    /// Header the API key is sent in.
+    #[serde(with = "types::header")]
+    #[schemars(with = "String")]
+    pub api_key_header: HeaderName,
+    /// `api_key_header` with the loaded `api_key`.
+    #[serde(skip)]
+    pub api_key: ApiKey,
+    /// Request body template; placeholders `{sub}`, `{email}`, `{name}`, `{external_id}`
+    /// (JSON-escaped).
+    pub body: String,
+    /// JSON pointer (starting with `/`) to the new access token in the answer.
+    pub access_token_pointer: String,
+    /// JSON pointer (starting with `/`) to the new refresh token in the answer.
+    pub refresh_token_pointer: String,
+    /// Timeout per initiate call, above zero.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// An expired token older than this cannot prove who a new session is for.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub max_staleness: Duration,
+    /// Also initiate for an expired token sent without a refresh token.
+    pub when_refresh_token_missing: bool,
+    /// When the expired token proved the user, the new token must carry the same `sub`
+    /// (else 502).
+    pub require_same_subject: bool,
+    /// How long a session started by initiate is handed to other requests for the same
+    /// user.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub grace: Duration,
+    /// Entries, at most (at least 1), in the initiated-session grace cache.
+    pub cache_capacity: u64,
+    /// Larger answers from the token service are "unavailable" (503); 1 … 1048576 bytes.
+    pub max_response_bytes: usize,
+    /// `Retry-After` on a 503 when only initiate is configured (with `[refresh]`,
+    /// `refresh.retry_after` applies).
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub retry_after: Duration,
+}
+
+impl Default for ApiKey {
+    fn default() -> Self {
+        ApiKey {
+            header: HeaderName::from_static("x-api-key"),
+            secret: SecretBytes::default(),
+        }
+    }
+}
+
+impl Default for Initiate {
+    fn default() -> Self {
+        Self {
+            uri: Uri::default(),
+            api_key_secret: Secret::default(),
+            api_key_header: HeaderName::from_static("x-api-key"),
+            api_key: ApiKey::default(),
+            body: r#"{"user_unique_id": "{sub}", "user_name": "{name}"}"#.into(),
+            access_token_pointer: "/data/access_token".into(),
+            refresh_token_pointer: "/data/refresh_token".into(),
+            timeout: Duration::from_secs(5),
+            max_staleness: Duration::from_secs(7 * 86400),
+            when_refresh_token_missing: false,
+            require_same_subject: true,
+            grace: Duration::from_secs(30),
+            cache_capacity: 100_000,
+            max_response_bytes: 64 * 1024,
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Initiate {
+    pub(super) fn validate(&mut self, c: &mut Checker<'_>) {
+        c.require_url("initiate.url", &self.uri);
+        c.pointer("initiate.access_token_pointer", &self.access_token_pointer);
+        c.pointer(
+            "initiate.refresh_token_pointer",
+            &self.refresh_token_pointer,
+        );
+        if !self.api_key_secret.is_set() {
+            c.fail("initiate.api_key: required (env or file)".into());
+        } else if self.api_key_secret.load("initiate.api_key", c) {
+            self.api_key = ApiKey {
+                header: self.api_key_header.clone(),
+                secret: self.api_key_secret.value.clone(),
+            };
+        }
+        if self.timeout.is_zero() {
+            c.fail("initiate.timeout: must be greater than zero".into());
+        }
+        check_response_bytes(c, "initiate.max_response_bytes", self.max_response_bytes);
+        if self.cache_capacity == 0 {
+            c.fail("initiate.cache_capacity: must be at least 1".into());
+        }
+    }
+}
+
+/// Your app's own HS256 identity token, used to start a session (through initiate) when
+/// the client has no chat tokens yet.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct AppIdentity {
+    /// Header carrying the app identity token (`externalId` or `email`; email wins; `iat`
+    /// within `max_age`); removed before forwarding.
+    #[serde(with = "types::header")]
+    #[schemars(with = "String")]
+    pub header: HeaderName,
+    /// HS256 key of the app identity token, a secret reference of at least 32 bytes
+    /// (required).
+    pub secret: Secret,
+    /// Oldest `iat` accepted.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub max_age: Duration,
+    /// Clock skew allowed on the app identity token's `exp` and `iat`.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub leeway: Duration,
+}
+
+impl Default for AppIdentity {
+    fn default() -> Self {
+        Self {
+            header: HeaderName::from_static("x-app-identity"),
+            secret: Secret::default(),
+            max_age: Duration::from_secs(15 * 60),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+impl AppIdentity {
+    pub(super) fn validate(&mut self, c: &mut Checker<'_>) {
+        if !self.secret.is_set() {
+            c.fail("app_identity.secret: required (env or file)".into());
+        } else if self.secret.load("app_identity.secret", c) && self.secret.0.len() < 32 {
+            c.fail("app_identity.secret: must be at least 32 bytes".into());
+        }
+    }
+}
+
+/// RFC 7662 introspection for opaque (non-JWT) access tokens.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct Introspection {
+    /// RFC 7662 endpoint for tokens that are not JWTs (required; setting
+    /// `[introspection]` enables it).
+    #[serde(with = "types::http_url")]
+    #[schemars(with = "String")]
+    pub url: Uri,
+    /// Client id for HTTP Basic auth on the endpoint; goes with `client_secret`.
+    pub client_id: Option<String>,
+    /// Client secret for HTTP Basic auth, a secret reference; goes with `client_id`.
+    pub client_secret: Option<Secret>,
+    /// `client_id` with the loaded `client_secret`, when both are set.
+    #[serde(skip)]
+    pub client: Option<ClientCredentials>,
+    /// Timeout per introspection call.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Active answers are cached until the token's `exp`, at most this long.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub cache_ttl: Duration,
+    /// Inactive answers are cached this long.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub negative_ttl: Duration,
+    /// Cached answers, at most (0 is read as 1).
+    pub cache_capacity: u64,
+}
+
+/// The introspection client's credentials.
+#[derive(Clone, Debug)]
+pub struct ClientCredentials {
+    pub id: String,
+    pub secret: SecretBytes,
+}
+
+impl Default for Introspection {
+    fn default() -> Self {
+        Self {
+            url: Uri::default(),
+            client_id: None,
+            client_secret: None,
+            client: None,
+            timeout: Duration::from_secs(3),
+            cache_ttl: Duration::from_secs(5 * 60),
+            negative_ttl: Duration::from_secs(10),
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+impl Introspection {
+    pub(super) fn validate(&mut self, c: &mut Checker<'_>) {
+        c.require_url("introspection.url", &self.url);
+        self.client = match (&self.client_id, &mut self.client_secret) {
+            (Some(id), Some(s)) => {
+                s.load("introspection.client_secret", c)
+                    .then(|| ClientCredentials {
+                        id: id.clone(),
+                        secret: s.value.clone(),
+                    })
+            }
+            (None, None) => None,
+            _ => {
+                c.fail(
+                    "introspection.client_id and introspection.client_secret go together".into(),
+                );
+                None
+            }
+        };
+        self.cache_capacity = self.cache_capacity.max(1);
+    }
+}
