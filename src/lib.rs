@@ -27,6 +27,7 @@ pub(crate) mod outbound;
 pub mod path;
 pub(crate) mod pool;
 pub(crate) mod proxy;
+pub(crate) mod store;
 pub mod telemetry;
 pub mod token;
 
@@ -82,12 +83,19 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
     let identity: Arc<dyn token::Project> = Arc::new(inject::IdentityHeaders(cfg.identity.clone()));
     let verifier =
         Arc::new(token::Verifier::new(&cfg.auth, keys, identity.clone()).keep_claims(route_claims));
+    let coordinator = match &cfg.shared_store {
+        Some(s) => match store::Store::new(s, &cfg.backend.client_tls()) {
+            Ok(st) => Some(Arc::new(store::Shared(st)) as Arc<dyn token::Coordinator>),
+            Err(e) => return Err(vec![e]),
+        },
+        None => None,
+    };
     let lifecycle = token::Lifecycle::new(
         cfg.refresh.clone(),
         cfg.initiate.clone(),
         cfg.app_identity.clone(),
         http.clone(),
-        None,
+        coordinator,
         verifier.clone(),
     );
     let introspector = cfg
@@ -157,6 +165,9 @@ impl Server {
     /// Builds keys, secrets, clients and TLS. Fails (listing every problem) before any
     /// socket exists.
     pub fn new(cfg: Config) -> anyhow::Result<Server> {
+        // One crypto provider for every rustls user in the process (the Redis client builds
+        // its TLS config from the process default).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         // The recorder first: handles registered while building the state bind to it.
         let prom = metrics::install();
         let metrics = metrics::Metrics::new();

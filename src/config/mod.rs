@@ -18,6 +18,7 @@ mod response;
 mod routes;
 mod secret;
 mod server;
+mod store;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,7 @@ pub use response::ResponseTokens;
 pub use routes::{Route, RouteMode};
 pub use secret::{Secret, SecretBytes};
 pub use server::{Admin, Server, Tls};
+pub use store::SharedStore;
 pub use types::parse_duration;
 
 /// Prefix of environment variables that override config keys:
@@ -83,6 +85,9 @@ pub struct Config {
     pub app_identity: Option<AppIdentity>,
     /// RFC 7662 introspection of opaque tokens; unset = JWTs only.
     pub introspection: Option<Introspection>,
+    /// Redis shared by the replicas, so each refresh and initiate is made once across
+    /// them; unset = each replica on its own.
+    pub shared_store: Option<SharedStore>,
     /// Where renewed tokens go in the response.
     pub response_tokens: ResponseTokens,
     /// Log output.
@@ -188,6 +193,15 @@ impl Config {
         if let Some(i) = &mut self.introspection {
             i.validate(c);
         }
+        if let Some(st) = &mut self.shared_store {
+            let timeouts: Vec<_> = self
+                .refresh
+                .iter()
+                .map(|r| r.timeout)
+                .chain(self.initiate.iter().map(|i| i.timeout))
+                .collect();
+            st.validate(c, &timeouts);
+        }
         if self.app_identity.is_some() && self.initiate.is_none() {
             c.fail("app_identity: needs an [initiate] section to start sessions with".into());
         }
@@ -234,6 +248,11 @@ impl Config {
         }
         if let Some(i) = &mut self.introspection {
             i.client_secret.iter_mut().for_each(fix_secret);
+        }
+        if let Some(st) = &mut self.shared_store {
+            fix_secret(&mut st.secret);
+            st.username.iter_mut().for_each(fix_secret);
+            st.password.iter_mut().for_each(fix_secret);
         }
     }
 }
