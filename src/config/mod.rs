@@ -194,13 +194,7 @@ impl Config {
             i.validate(c);
         }
         if let Some(st) = &mut self.shared_store {
-            let timeouts: Vec<_> = self
-                .refresh
-                .iter()
-                .map(|r| r.timeout)
-                .chain(self.initiate.iter().map(|i| i.timeout))
-                .collect();
-            st.validate(c, &timeouts);
+            st.validate(c);
         }
         if self.app_identity.is_some() && self.initiate.is_none() {
             c.fail("app_identity: needs an [initiate] section to start sessions with".into());

@@ -33,10 +33,10 @@ pub struct SharedStore {
     #[serde(with = "types::duration")]
     #[schemars(with = "String")]
     pub operation_timeout: Duration,
-    /// Lease held by the replica making a call; renewed every third of it while the call
-    /// runs, so a slow token service does not let a second replica in; when the holder
-    /// dies, another replica takes over after at most this long. Longer than
-    /// `refresh.timeout` and `initiate.timeout`.
+    /// Lease held by the replica making a call, at least 300ms; renewed every third of
+    /// it while the call runs, so a token service slower than the lease does not let a
+    /// second replica in; when the holder dies, another replica takes over after at most
+    /// this long. The default outlasts the default call timeouts even without renewal.
     #[serde(with = "types::duration")]
     #[schemars(with = "String")]
     pub lease: Duration,
@@ -75,8 +75,7 @@ impl Default for SharedStore {
 }
 
 impl SharedStore {
-    /// `timeouts`: the refresh and initiate call timeouts the lease must outlast.
-    pub(super) fn validate(&mut self, c: &mut Checker<'_>, timeouts: &[Duration]) {
+    pub(super) fn validate(&mut self, c: &mut Checker<'_>) {
         if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
             c.fail(format!(
                 "shared_store.url: `{}` is not a redis:// or rediss:// URL",
@@ -102,11 +101,8 @@ impl SharedStore {
         if self.backoff.is_zero() {
             c.fail("shared_store.backoff: must be greater than zero".into());
         }
-        if timeouts.iter().any(|t| self.lease <= *t) || self.lease < Duration::from_millis(300) {
-            c.fail(
-                "shared_store.lease: must be at least 300ms and longer than refresh.timeout and initiate.timeout"
-                    .into(),
-            );
+        if self.lease < Duration::from_millis(300) {
+            c.fail("shared_store.lease: must be at least 300ms".into());
         }
         if self.wait_timeout <= self.lease {
             c.fail("shared_store.wait_timeout: must be longer than shared_store.lease".into());
