@@ -66,6 +66,9 @@ SECRET_KEYS = [
     ("refresh", "api_key"),
     ("app_identity", "secret"),
     ("backend", "client_key"),
+    ("shared_store", "secret"),
+    ("shared_store", "username"),
+    ("shared_store", "password"),
 ]
 # API groups whose kinds are CRDs: no schema in kubernetes-validate, asserted structurally.
 CRD_GROUPS = ("monitoring.coreos.com/",)
@@ -220,7 +223,8 @@ def secret_strings(docs: list[dict[str, Any]], values: dict[str, Any]) -> set[st
         for v in (s.get("stringData") or {}).values():
             found.add(str(v))
     sec = values.get("secrets") or {}
-    for k in ("hmacSecret", "initiateApiKey", "refreshApiKey", "appIdentitySecret"):
+    for k in ("hmacSecret", "initiateApiKey", "refreshApiKey", "appIdentitySecret",
+              "sharedStoreSecret", "sharedStoreUsername", "sharedStorePassword"):
         if sec.get(k):
             found.add(str(sec[k]))
     if (values.get("tls") or {}).get("key"):
@@ -379,6 +383,80 @@ def expect_hpa(s: Scenario, docs: list[dict[str, Any]]) -> None:
             and any(p.get("port") == 53 for r in np["spec"]["egress"] for p in r.get("ports", [])))
 
 
+def notes_of(rendered: dict[str, str]) -> str:
+    return next((text for name, text in rendered.items() if name.endswith("/NOTES.txt")), "")
+
+
+STORE_WARNING = "WARNING: "
+
+
+def expect_shared_store(s: Scenario, docs: list[dict[str, Any]]) -> None:
+    """config.shared_store passes through and its secrets are references to the Secret."""
+    merged = helm.Chart.load(s.chart).merge_values(s.values)
+    want = merged["config"]["shared_store"]
+    cfg = rendered_config(docs)
+    store = cfg.get("shared_store") or {}
+    passed = {k: v for k, v in want.items() if k not in ("secret", "username", "password")}
+    R.check(f"{s.name}: config.shared_store keys pass through to config.toml",
+            {k: store.get(k) for k in passed} == passed, f"{store}")
+    sec = merged["secrets"]
+    if sec["existingSecret"]:
+        used = {"sharedStoreSecret"} | set(sec.get("existingSecretOptional") or [])
+    else:
+        used = {n for n in ("sharedStoreSecret", "sharedStoreUsername", "sharedStorePassword") if sec.get(n)}
+    bad = []
+    for name, key, file in [("sharedStoreSecret", "secret", "shared-store-secret"),
+                            ("sharedStoreUsername", "username", "shared-store-username"),
+                            ("sharedStorePassword", "password", "shared-store-password")]:
+        ref = store.get(key)
+        if name not in used:
+            if ref is not None:
+                bad.append(f"shared_store.{key} = {ref} although secrets.{name} is not used")
+            continue
+        expect = ({"env": f"AUTH_SIDECAR_SHARED_STORE_{key.upper()}"} if sec["mountAs"] == "env"
+                  else {"file": f"{sec['mountPath']}/{file}"})
+        if ref != expect:
+            bad.append(f"shared_store.{key} = {ref}, want {expect}")
+    R.check(f"{s.name}: shared_store.secret/username/password reference the Secret ({sec['mountAs']})",
+            not bad, "\n".join(bad))
+    if not sec["existingSecret"]:
+        data = object_data(docs, s, "Secret", kinds(docs, "Secret")[0]["metadata"]["name"]) or {}
+        missing = [n for n in used if data.get(sec["keys"][n]) != sec[n]]
+        R.check(f"{s.name}: the chart's Secret holds the shared store's secrets", not missing, str(missing))
+
+
+def check_notes(chart: helm.Chart) -> None:
+    """NOTES.txt warns when several replicas coordinate refresh/initiate without a store."""
+    gateway = ci_values("gateway")
+    store = ci_values("shared-store")
+    sidecar = ci_values("sidecar")
+    no_calls = {"config": {"refresh": None, "initiate": None}, "secrets": {"initiateApiKey": ""}}
+    cases = [
+        ("gateway with replicaCount 3 and no store", deep_merge(gateway, {"replicaCount": 3}), True),
+        ("gateway with replicaCount 3 and a shared store", deep_merge(store, {"replicaCount": 3}), False),
+        ("gateway with one replica and no store", deep_merge(gateway, {"replicaCount": 1}), False),
+        ("gateway with the HPA (minReplicas 1) and no store",
+         deep_merge(gateway, {"replicaCount": 1, "autoscaling": {"enabled": True, "minReplicas": 1}}), True),
+        ("gateway with the HPA and a shared store", deep_merge(store, {"autoscaling": {"enabled": True}}), False),
+        ("gateway with 3 replicas, no store, no refresh or initiate",
+         deep_merge(gateway, {"replicaCount": 3, **no_calls}), False),
+        ("sidecar Deployment with replicaCount 3 and no store", deep_merge(sidecar, {"replicaCount": 3}), True),
+        ("sidecar Deployment with one replica and no store", deep_merge(sidecar, {"replicaCount": 1}), False),
+    ]
+    for label, values, warns in cases:
+        notes = notes_of(chart.render(values, name=RELEASE, namespace=NAMESPACE))
+        warned = STORE_WARNING in notes and "config.shared_store" in notes
+        R.check(f"NOTES: {label} {'warns' if warns else 'does not warn'}", warned == warns, notes)
+        if warns and warned:
+            R.check(f"NOTES: {label}: the warning says what happens and how to set the store",
+                    all(x in notes for x in ("per replica only", "logged out", "shared_store:",
+                                             "sharedStoreSecret", "Several replicas")), notes)
+    partial = deep_merge(sidecar, {"sidecar": {"deployment": False, "backendContainer": None}})
+    notes = notes_of(chart.render(partial, name=RELEASE, namespace=NAMESPACE))
+    R.check("NOTES: sidecar partials (replicas unknown) mention config.shared_store without a WARNING",
+            STORE_WARNING not in notes and "config.shared_store" in notes, notes)
+
+
 def expect_parent(s: Scenario, docs: list[dict[str, Any]]) -> None:
     names = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
     R.check(f"{s.name}: subchart renders only its ConfigMap and Secret besides the parent's objects",
@@ -394,6 +472,7 @@ def scenarios() -> list[Scenario]:
     gateway = ci_values("gateway")
     sidecar = ci_values("sidecar")
     tls = ci_values("tls")
+    store = ci_values("shared-store")
     return [
         Scenario("gateway", gateway, expect=expect_gateway),
         Scenario("sidecar", sidecar, expect=expect_sidecar),
@@ -413,6 +492,18 @@ def scenarios() -> list[Scenario]:
         Scenario("tls-chart-secret", deep_merge(tls, {"tls": {"existingSecret": "", "cert": TLS_CERT, "key": TLS_KEY}}),
                  expect=expect_tls_inline),
         Scenario("ipv6-listen", deep_merge(gateway, {"listenHost": "::"})),
+        Scenario("shared-store", store, expect=expect_shared_store),
+        Scenario("shared-store-env-existing-secret",
+                 deep_merge(store, {"secrets": {"existingSecret": "chat-auth-store", "mountAs": "env",
+                                                "existingSecretOptional": ["sharedStorePassword"]}}),
+                 expect=expect_shared_store,
+                 external_secrets={"chat-auth-store": {
+                     "hmac-secret": LONG, "initiate-api-key": "external-initiate-key",
+                     "shared-store-secret": LONG + "-store", "shared-store-password": "external-redis-password"}}),
+        Scenario("sidecar-shared-store",
+                 deep_merge(sidecar, {"config": {"shared_store": {"url": "redis://redis.chat.svc.cluster.local:6379"}},
+                                      "secrets": {"sharedStoreSecret": "ci-sidecar-store-secret-0123456789abcdef"}}),
+                 expect=lambda s, docs: (expect_sidecar(s, docs), expect_shared_store(s, docs))),
         # The example chart that includes the named templates.
         Scenario("parent-chart", {"auth-sidecar": {"secrets": {"hmacSecret": "parent-chart-hmac-0123456789abcdef0123"}}},
                  chart=EXAMPLE, expect=expect_parent, chart_values_key="auth-sidecar"),
@@ -706,7 +797,7 @@ def check_config_ok(name: str, build: Callable[[Path], tuple[Path, dict[str, str
 
 
 def check_config_rejects(name: str, build: Callable[[Path], tuple[Path, dict[str, str]]],
-                         break_it: Callable[[Path, Path], None], expect: str) -> None:
+                         break_it: Callable[[Path, Path], None], expect: str, mentions: str = "") -> None:
     label = f"{name}: check-config rejects it when {expect}"
     if not binary().is_file():
         if os.environ.get("CHART_TEST_SKIP_CHECK_CONFIG") == "1":
@@ -718,7 +809,9 @@ def check_config_rejects(name: str, build: Callable[[Path], tuple[Path, dict[str
         cfg, env = build(Path(d))
         break_it(Path(d), cfg)
         p = run_check_config(cfg, env)
-        R.check(label, p.returncode != 0, f"exit {p.returncode}\n{p.stdout}{p.stderr}")
+        # A crash (panic, exit 101) is not a rejection.
+        R.check(label, p.returncode not in (0, 101) and mentions in p.stdout + p.stderr,
+                f"exit {p.returncode}\n{p.stdout}{p.stderr}")
 
 
 def container_config(root: Path) -> tuple[Path, dict[str, str]]:
@@ -746,6 +839,7 @@ def container_config(root: Path) -> tuple[Path, dict[str, str]]:
 def check_refusals(chart: helm.Chart) -> None:
     gateway = ci_values("gateway")
     sidecar = ci_values("sidecar")
+    store = ci_values("shared-store")
     cases = [
         ("default values (no HMAC secret)", {}, "secrets.hmacSecret is required"),
         ("gateway without backend.url", deep_merge(gateway, {"config": {"backend": {"url": ""}}}),
@@ -770,6 +864,24 @@ def check_refusals(chart: helm.Chart) -> None:
                               "secrets": {"appIdentitySecret": "app-identity-secret-0123456789abcdef"}}),
          "config.app_identity needs config.initiate"),
         ("unknown config section", deep_merge(gateway, {"config": {"sever": {"listen": "x"}}}), "sever"),
+        ("shared_store without its secret", deep_merge(store, {"secrets": {"sharedStoreSecret": ""}}),
+         "secrets.sharedStoreSecret is required: the config needs it (shared_store.secret)"),
+        ("short shared store secret", deep_merge(store, {"secrets": {"sharedStoreSecret": "too-short-for-a-key"}}),
+         "secrets.sharedStoreSecret must be at least 32 bytes"),
+        ("shared_store without url", deep_merge(gateway, {"config": {"shared_store": {"lease": "10s"}},
+                                                          "secrets": {"sharedStoreSecret": LONG}}),
+         "config.shared_store.url is required"),
+        ("shared_store with a non-Redis url",
+         deep_merge(store, {"config": {"shared_store": {"url": "http://redis:6379"}}}), "shared_store"),
+        ("password inside shared_store.url",
+         deep_merge(store, {"config": {"shared_store": {"url": "redis://:hunter2-password@redis:6379/0"}}}),
+         "secrets.sharedStorePassword"),
+        ("inline shared_store.password",
+         deep_merge(store, {"config": {"shared_store": {"password": "inline-redis-password-123"}}}),
+         "shared_store/password"),
+        ("unknown existingSecretOptional name",
+         deep_merge(store, {"secrets": {"existingSecret": "x", "existingSecretOptional": ["redisPassword"]}}),
+         "existingSecretOptional"),
     ]
     for label, values, needle in cases:
         try:
@@ -845,6 +957,13 @@ def run_scenario(s: Scenario) -> None:
         check_config_rejects(s.name, lambda root: materialize(s, docs, root), drop_secret,
                              "the HMAC secret file is missing")
         check_config_rejects(s.name, lambda root: materialize(s, docs, root), typo, "a key is misspelt")
+    if s.name == "shared-store":
+        def short_store_secret(root: Path, cfg: Path) -> None:
+            (root / "etc/auth-sidecar/secrets/shared-store-secret").write_text("shorter-than-32-bytes\n")
+
+        check_config_rejects(s.name, lambda root: materialize(s, docs, root), short_store_secret,
+                             "the shared store secret is shorter than 32 bytes",
+                             mentions="shared_store.secret")
 
 
 def guarded(name: str, fn: Callable[[], None]) -> None:
@@ -872,6 +991,7 @@ def main() -> int:
             guarded(s.name, lambda: run_scenario(s))
     guarded("refusals", lambda: check_refusals(chart))
     guarded("checksums", lambda: check_checksums_roll(chart))
+    guarded("notes", lambda: check_notes(chart))
     if CONTAINER_CONFIG.exists():
         guarded("image config", lambda: check_config_ok("image config deploy/container-config.toml", container_config))
     else:

@@ -162,6 +162,7 @@ config needs it and the user did not write a reference for it under config.
 {{- $initiate := get $cfg "initiate" | default dict }}
 {{- $refresh := get $cfg "refresh" | default dict }}
 {{- $appIdentity := get $cfg "app_identity" | default dict }}
+{{- $store := get $cfg "shared_store" | default dict }}
 {{- $algorithms := get $auth "algorithms" }}
 {{- if kindIs "invalid" $algorithms }}{{ $algorithms = list "HS256" }}{{ end }}
 {{- $wantsHmac := false }}
@@ -178,6 +179,19 @@ config needs it and the user did not write a reference for it under config.
 {{- end }}
 {{- if and $appIdentity (not (get $appIdentity "secret")) }}
 {{- $specs = append $specs (dict "name" "appIdentitySecret" "section" "app_identity" "key" "secret" "file" "app-identity-secret" "env" "AUTH_SIDECAR_APP_IDENTITY_SECRET" "minBytes" 32) }}
+{{- end }}
+{{- if $store }}
+{{- if not (get $store "secret") }}
+{{- $specs = append $specs (dict "name" "sharedStoreSecret" "section" "shared_store" "key" "secret" "file" "shared-store-secret" "env" "AUTH_SIDECAR_SHARED_STORE_SECRET" "minBytes" 32) }}
+{{- end }}
+{{- /* Optional: used when the value is set (the chart's Secret) or listed in
+  secrets.existingSecretOptional (the chart cannot look inside an existing Secret). */}}
+{{- range $name, $key := dict "sharedStoreUsername" "username" "sharedStorePassword" "password" }}
+{{- $wanted := ternary (has $name ($.Values.secrets.existingSecretOptional | default list)) (ne (index $.Values.secrets $name | default "") "") (ne $.Values.secrets.existingSecret "") }}
+{{- if and $wanted (not (get $store $key)) }}
+{{- $specs = append $specs (dict "name" $name "section" "shared_store" "key" $key "file" (printf "shared-store-%s" $key) "env" (printf "AUTH_SIDECAR_SHARED_STORE_%s" (upper $key)) "minBytes" 1) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- $out := list }}
 {{- range $specs }}
@@ -235,7 +249,7 @@ would put a secret in the ConfigMap or fight the chart.
 {{- end }}
 {{- $_ := set $cfg.backend "url" $url }}
 {{- /* Secret references: refuse inline values, add the chart's references. */}}
-{{- range $path := list "auth.hmac_secret" "initiate.api_key" "refresh.api_key" "app_identity.secret" "backend.client_key" }}
+{{- range $path := list "auth.hmac_secret" "initiate.api_key" "refresh.api_key" "app_identity.secret" "backend.client_key" "shared_store.secret" "shared_store.username" "shared_store.password" }}
 {{- $parts := splitList "." $path }}
 {{- $section := get $cfg (index $parts 0) }}
 {{- if and (kindIs "map" $section) (hasKey $section (index $parts 1)) }}
@@ -243,6 +257,20 @@ would put a secret in the ConfigMap or fight the chart.
 {{- if and (not (kindIs "map" $ref)) (not (kindIs "invalid" $ref)) }}
 {{- fail (printf "config.%s: secrets are never inline; put the value in secrets.* (or write a {file: ...} / {env: ...} reference)" $path) }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- /* shared_store.url: Redis, and no password inside it (it would land in the ConfigMap). */}}
+{{- $store := get $cfg "shared_store" }}
+{{- if and (kindIs "map" $store) $store }}
+{{- $storeUrl := toString (get $store "url" | default "") }}
+{{- if not $storeUrl }}
+{{- fail "config.shared_store.url is required when config.shared_store is set (redis://host:6379/0, or rediss:// for TLS)" }}
+{{- end }}
+{{- if not (regexMatch "^rediss?://" $storeUrl) }}
+{{- fail (printf "config.shared_store.url: %q is not a redis:// or rediss:// URL" $storeUrl) }}
+{{- end }}
+{{- if regexMatch "^rediss?://[^/@]*:[^/@]*@" $storeUrl }}
+{{- fail "config.shared_store.url: secrets are never inline; drop the password from the URL and put it in secrets.sharedStorePassword (the user name in secrets.sharedStoreUsername)" }}
 {{- end }}
 {{- end }}
 {{- range (include "auth-sidecar.managedSecrets" . | fromJsonArray) }}
