@@ -36,7 +36,17 @@ pub enum PathError {
 /// Decodes once, resolves dot segments, merges `//`, keeps a trailing slash. The result
 /// is both what rules are matched on and (re-encoded) what is forwarded, so the two
 /// can never disagree. Canonical paths are fixed points of this function.
+///
+/// A path that still holds `%` and two hex digits after that one decoding (`%252e`,
+/// `%%32%65`, however spelled) is ambiguous: a backend, framework or second proxy that
+/// decodes again would read another path than the one decided on.
 pub fn canonical_path(raw: &str) -> Result<String, PathError> {
+    canonical_path_with(raw, false)
+}
+
+/// [`canonical_path`], with `allow_encoded_percent` letting a decoded `%XX` through (for
+/// backends that never decode twice; `server.allow_encoded_percent`).
+pub fn canonical_path_with(raw: &str, allow_encoded_percent: bool) -> Result<String, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::Malformed);
     }
@@ -50,6 +60,9 @@ pub fn canonical_path(raw: &str) -> Result<String, PathError> {
             .decode_utf8()
             .map_err(|_| PathError::Malformed)?;
         if decoded.contains(['/', '\\']) || decoded.chars().any(|c| c.is_control()) {
+            return Err(PathError::Ambiguous);
+        }
+        if !allow_encoded_percent && has_percent_hex(&decoded) {
             return Err(PathError::Ambiguous);
         }
         // Servlet containers drop `;params` before resolving dots: `..;x` would climb
@@ -103,12 +116,27 @@ fn is_plain(raw: &str) -> bool {
             .all(|c| c.is_ascii_graphic() && !matches!(c, b'%' | b'\\' | b';'))
 }
 
+/// `%` followed by two hex digits: what a second decoding would turn into something else.
+fn has_percent_hex(s: &str) -> bool {
+    s.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+}
+
 /// Returns (canonical path, path to forward). Plain paths are returned as they are.
 pub fn resolve_path(raw: &str) -> Result<(String, String), PathError> {
+    resolve_path_with(raw, false)
+}
+
+/// [`resolve_path`] with the `allow_encoded_percent` switch of [`canonical_path_with`].
+pub fn resolve_path_with(
+    raw: &str,
+    allow_encoded_percent: bool,
+) -> Result<(String, String), PathError> {
     if is_plain(raw) {
         return Ok((raw.to_string(), raw.to_string()));
     }
-    let canonical = canonical_path(raw)?;
+    let canonical = canonical_path_with(raw, allow_encoded_percent)?;
     let forward = encode_path(&canonical);
     Ok((canonical, forward))
 }

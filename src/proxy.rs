@@ -161,8 +161,11 @@ fn admit(parts: &Parts) -> Result<(), ProxyError> {
 /// After the strip: the canonical path, its route rule and mode, and whether this is an
 /// upgrade; hop-by-hop headers go here, before identity is set.
 fn route<'s>(state: &'s State, ctx: &mut Ctx<'s>, parts: &mut Parts) -> Result<(), ProxyError> {
-    let (canonical, forward_path) = crate::path::resolve_path(parts.uri.path())
-        .map_err(|_| ProxyError::InvalidRequest("the request path is ambiguous or malformed"))?;
+    let (canonical, forward_path) =
+        crate::path::resolve_path_with(parts.uri.path(), state.cfg.server.allow_encoded_percent)
+            .map_err(|_| {
+                ProxyError::InvalidRequest("the request path is ambiguous or malformed")
+            })?;
     ctx.route = decide::route_for(&state.cfg.routes, &canonical);
     ctx.mode = decide::mode_of(ctx.route);
     ctx.upgrade = decide::is_websocket_upgrade(parts);

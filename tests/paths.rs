@@ -4,7 +4,7 @@
 use auth_sidecar::config::{Route, RouteMode};
 use auth_sidecar::credentials::query_without;
 use auth_sidecar::decide::{mode_of, route_for};
-use auth_sidecar::path::{canonical_path, encode_path, PathError};
+use auth_sidecar::path::{canonical_path, canonical_path_with, encode_path, PathError};
 
 #[test]
 fn canonical_resolves_dots_and_merges_slashes() {
@@ -26,8 +26,21 @@ fn ambiguous_paths_are_refused() {
 }
 
 #[test]
-fn double_encoding_decodes_once() {
-    let c = canonical_path("/a/%252e%252e/b").unwrap();
+fn double_encoding_is_ambiguous_unless_allowed() {
+    // A second decoding (by the backend, a framework, another proxy) would read `..`.
+    for raw in [
+        "/a/%252e%252e/b",
+        "/a/%25%32%65/b",
+        "/a/%%32%65/b",
+        "/a/%2541",
+    ] {
+        assert_eq!(canonical_path(raw), Err(PathError::Ambiguous), "{raw}");
+    }
+    // A decoded `%` that no second decoding changes is fine.
+    assert_eq!(canonical_path("/100%25").unwrap(), "/100%");
+    assert_eq!(canonical_path("/a/%25zz").unwrap(), "/a/%zz");
+    // `server.allow_encoded_percent`: decoded once, forwarded as that literal text.
+    let c = canonical_path_with("/a/%252e%252e/b", true).unwrap();
     assert_eq!(c, "/a/%2e%2e/b");
     assert_eq!(encode_path(&c), "/a/%252e%252e/b");
 }

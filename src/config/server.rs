@@ -46,6 +46,11 @@ pub struct Server {
     #[serde(with = "types::duration_or_off")]
     #[schemars(with = "String")]
     pub upgrade_token_grace: Option<Duration>,
+    /// Let a path that still holds `%` and two hex digits after one decoding (a raw
+    /// `%252e`) through, as that literal text; off, such a path is `400` on every route,
+    /// public ones included, because a backend that decodes twice would read another
+    /// path. Only for backends that never decode a path twice.
+    pub allow_encoded_percent: bool,
     /// TLS on the proxy port (unset = cleartext); the files are reloaded when they change.
     pub tls: Option<Tls>,
 }
@@ -62,6 +67,7 @@ impl Default for Server {
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
             upgrade_token_grace: Some(Duration::from_secs(60)),
+            allow_encoded_percent: false,
             tls: None,
         }
     }

@@ -8,7 +8,13 @@ use redis::{Client, IntoConnectionInfo, ScriptInvocation};
 use crate::config::{ClientTls, SharedStore};
 
 pub enum Conn {
-    Single(ConnectionManager),
+    /// Made on first use: the connection manager needs a running runtime, and
+    /// `check-config` builds the state without one.
+    Single {
+        client: Client,
+        config: ConnectionManagerConfig,
+        manager: tokio::sync::OnceCell<ConnectionManager>,
+    },
     #[cfg(feature = "redis-cluster")]
     Cluster(Box<cluster::Lazy>),
 }
@@ -57,9 +63,11 @@ impl Conn {
             .set_response_timeout(Some(cfg.operation_timeout))
             .set_number_of_retries(1)
             .set_max_delay(std::time::Duration::from_millis(500));
-        ConnectionManager::new_lazy_with_config(client, manager)
-            .map(Conn::Single)
-            .map_err(|e| format!("shared_store: {e}"))
+        Ok(Conn::Single {
+            client,
+            config: manager,
+            manager: tokio::sync::OnceCell::new(),
+        })
     }
 
     /// Runs a script (EVALSHA, falling back to EVAL once per connection).
@@ -68,7 +76,18 @@ impl Conn {
         inv: &ScriptInvocation<'_>,
     ) -> redis::RedisResult<T> {
         match self {
-            Conn::Single(m) => inv.invoke_async(&mut m.clone()).await,
+            Conn::Single {
+                client,
+                config,
+                manager,
+            } => {
+                let m = manager
+                    .get_or_try_init(|| async {
+                        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    })
+                    .await?;
+                inv.invoke_async(&mut m.clone()).await
+            }
             #[cfg(feature = "redis-cluster")]
             Conn::Cluster(c) => {
                 let mut conn = c.get().await?;
