@@ -7,6 +7,8 @@ use redis::{Client, IntoConnectionInfo, ScriptInvocation};
 
 use crate::config::{ClientTls, SharedStore};
 
+// One value per store, built once: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Conn {
     /// Made on first use: the connection manager needs a running runtime, and
     /// `check-config` builds the state without one.
@@ -16,7 +18,7 @@ pub enum Conn {
         manager: tokio::sync::OnceCell<ConnectionManager>,
     },
     #[cfg(feature = "redis-cluster")]
-    Cluster(Box<cluster::Lazy>),
+    Cluster(cluster::Lazy),
 }
 
 impl Conn {
@@ -30,7 +32,7 @@ impl Conn {
         };
         if cfg.cluster {
             #[cfg(feature = "redis-cluster")]
-            return cluster::Lazy::new(cfg, ca).map(|l| Conn::Cluster(Box::new(l)));
+            return cluster::Lazy::new(cfg, ca).map(Conn::Cluster);
             #[cfg(not(feature = "redis-cluster"))]
             return Err("shared_store.cluster: this build has no `redis-cluster` feature".into());
         }
