@@ -114,6 +114,13 @@ impl TokenHttp for HyperTokenHttp {
                     .flat_map(|v| v.split(','))
                     .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())
                     .map(std::time::Duration::from_secs);
+                // Delay-seconds only; an HTTP-date is read as absent (the config's default applies).
+                let retry_after = resp
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(std::time::Duration::from_secs);
                 let body = Limited::new(resp.into_body(), max)
                     .collect()
                     .await
@@ -128,6 +135,7 @@ impl TokenHttp for HyperTokenHttp {
                     status,
                     body: body.to_bytes(),
                     max_age,
+                    retry_after,
                 })
             };
             tokio::time::timeout(call.timeout, work)

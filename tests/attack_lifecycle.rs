@@ -538,7 +538,6 @@ async fn malformed_token_service_answers_are_503_or_502_never_401_never_forwarde
             ("302 redirect", Act::Send(http("302 Found", &[("Location", "http://127.0.0.1:9/")], b"")), 503),
             ("204", Act::Send(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_vec()), 503),
             ("500", Act::Send(http("500 Internal Server Error", &[], b"{}")), 503),
-            ("429", Act::Send(http("429 Too Many Requests", &[("Retry-After", "100")], b"{}")), 503),
             ("401 refusal", Act::Send(http("401 Unauthorized", &[], b"{\"error\":\"invalid_grant\"}")), 401),
             ("OAuth error in a 200", json_200(&json!({"error": "invalid_grant"})), 401),
             ("access token with CR LF", json_200(&json!({"access_token": "a\r\nX-Admin: 1", "refresh_token": "r"})), 502),
@@ -548,6 +547,8 @@ async fn malformed_token_service_answers_are_503_or_502_never_401_never_forwarde
             ("another user's token", json_200(&json!({"access_token": mallory, "refresh_token": "r"})), 502),
             ("a token valid only in 2 minutes (service clock ahead)", json_200(&json!({"access_token": skewed_nbf, "refresh_token": "r"})), 502),
             ("HTTP/1.0 without a length, valid", Act::Send(format!("HTTP/1.0 200 OK\r\n\r\n{{\"access_token\":\"{alice_ok}\",\"refresh_token\":\"r2\"}}").into_bytes()), 200),
+            // Last: a 429 stops every call for its Retry-After (checked below).
+            ("429", Act::Send(http("429 Too Many Requests", &[("Retry-After", "100")], b"{}")), 503),
         ];
         let mut failures = Vec::new();
         for (i, (what, act, want)) in cases.into_iter().enumerate() {
@@ -576,6 +577,9 @@ async fn malformed_token_service_answers_are_503_or_502_never_401_never_forwarde
             }
             if svc.calls() != calls + 1 {
                 failures.push(format!("{what}: {} calls", svc.calls() - calls));
+            }
+            if what == "429" && resp.header("retry-after") != Some("100") {
+                failures.push(format!("429: Retry-After {:?}, not the service's 100", resp.header("retry-after")));
             }
         }
         assert!(failures.is_empty(), "token-service answers:\n  {}", failures.join("\n  "));

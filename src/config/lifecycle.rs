@@ -81,6 +81,13 @@ pub struct Refresh {
     /// Entries, at most (at least 1), in the refreshed-pair grace cache and in the
     /// rejected-token cache (each).
     pub cache_capacity: u64,
+    /// Calls per second, at most, from this replica (0 = unlimited); past it a renewal
+    /// is answered 503 with `Retry-After` without a call, so a flood of expired tokens
+    /// cannot spend the token service's budget.
+    pub max_calls_per_second: u32,
+    /// Calls per minute, at most, for one user (`sub`) from this replica, with a burst of
+    /// 3 (0 = unlimited). A user normally needs one call per access-token lifetime.
+    pub max_calls_per_user_per_minute: u32,
 }
 
 impl Default for Refresh {
@@ -103,6 +110,8 @@ impl Default for Refresh {
             max_response_bytes: 64 * 1024,
             retry_after: Duration::from_secs(5),
             cache_capacity: 100_000,
+            max_calls_per_second: 100,
+            max_calls_per_user_per_minute: 0,
         }
     }
 }
@@ -199,6 +208,18 @@ pub struct Initiate {
     #[serde(with = "types::duration")]
     #[schemars(with = "String")]
     pub retry_after: Duration,
+    /// Calls per second, at most, from this replica (0 = unlimited); past it a renewal
+    /// is answered 503 with `Retry-After` without a call, so a flood of expired tokens
+    /// cannot spend the token service's budget.
+    pub max_calls_per_second: u32,
+    /// Calls per minute, at most, for one user from this replica, with a burst of 3 (0 =
+    /// unlimited).
+    pub max_calls_per_user_per_minute: u32,
+    /// How long a user for whom the token service refused to start a session is
+    /// refused again without a call.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub rejected_ttl: Duration,
 }
 
 impl Default for ApiKey {
@@ -228,6 +249,9 @@ impl Default for Initiate {
             cache_capacity: 100_000,
             max_response_bytes: 64 * 1024,
             retry_after: Duration::from_secs(5),
+            max_calls_per_second: 20,
+            max_calls_per_user_per_minute: 0,
+            rejected_ttl: Duration::from_secs(10),
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Answer {
     pub body: Bytes,
     /// `Cache-Control: max-age`, when the answer had one (JWKS refresh timing).
     pub max_age: Option<Duration>,
+    /// `Retry-After` in seconds, when the answer had one (a 429's back-off).
+    pub retry_after: Option<Duration>,
 }
 
 /// A call that produced no usable answer.

@@ -2,6 +2,7 @@
 //! tokens, and verify the new access token before anyone uses it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderValue;
 use serde_json::Value;
@@ -19,6 +20,8 @@ pub(super) struct Exchange<'a> {
     /// The refresh token sent, kept when the service does not rotate it.
     pub old_refresh: Option<&'a str>,
     pub initiated: bool,
+    /// Paused by a `429`.
+    pub budget: &'a super::budget::Budget,
 }
 
 impl Lifecycle {
@@ -34,6 +37,15 @@ impl Lifecycle {
         let json: Option<Value> = serde_json::from_slice(&answer.body).ok();
         match answer.status {
             400 | 401 | 403 => return Err(REJECTED),
+            429 => {
+                // The client gets the service's own back-off, and nobody calls before it.
+                let retry_after = answer
+                    .retry_after
+                    .unwrap_or(self.retry_after())
+                    .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+                x.budget.pause(retry_after);
+                return Err(RenewError::Unavailable { retry_after });
+            }
             200..=299 => {}
             status => {
                 tracing::warn!(status, "token service answered with an error status");

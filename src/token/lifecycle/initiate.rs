@@ -15,6 +15,9 @@ use crate::token::coordinate::Flight;
 use crate::token::now_secs;
 use crate::token::verify::{Verdict, Verified};
 
+const INITIATE_REFUSED: RenewError =
+    RenewError::Rejected("the token service refused to start a session");
+
 /// What proves who a new session is for.
 pub(super) struct Subject {
     /// Single-flight key: one initiate per user at a time.
@@ -71,6 +74,11 @@ impl Lifecycle {
         self: &Arc<Self>,
         subject: Subject,
     ) -> Result<Arc<Session>, RenewError> {
+        if self.initiate_refused.contains_key(&subject.key) {
+            metrics::counter!("auth_sidecar_initiate_total", "outcome" => "rejected_cached")
+                .increment(1);
+            return Err(INITIATE_REFUSED);
+        }
         let this = self.clone();
         let key = subject.key.clone();
         let unavailable = self.unavailable();
@@ -98,15 +106,24 @@ impl Lifecycle {
             rejected_ttl: std::time::Duration::ZERO,
             retry_after: self.retry_after(),
         };
-        self.coordinated(flight, Box::new(|| Box::pin(self.initiate_call(&s))))
-            .await
+        let result = self
+            .coordinated(flight, Box::new(|| Box::pin(self.initiate_call(&s))))
+            .await;
+        if matches!(result, Err(RenewError::Rejected(_))) {
+            // Remembered before the single flight ends, so no waiter can slip in a second call.
+            self.initiate_refused.insert(s.key.clone(), ()).await;
+        }
+        result
     }
 
-    /// The initiate call itself.
+    /// The initiate call itself, within the budget.
     async fn initiate_call(&self, s: &Subject) -> Result<Arc<Session>, RenewError> {
         let Some(cfg) = &self.initiate else {
             return Err(super::REFRESH_REJECTED);
         };
+        if let Err(retry_after) = self.initiate_budget.check(&s.key) {
+            return Err(RenewError::Unavailable { retry_after });
+        }
         let body = cfg
             .body
             .replace("{sub}", &escape(&s.sub, true))
@@ -136,6 +153,7 @@ impl Lifecycle {
                 refresh_ptr: &cfg.refresh_token_pointer,
                 old_refresh: None,
                 initiated: true,
+                budget: &self.initiate_budget,
             })
             .await;
         record("initiate", &result, started);

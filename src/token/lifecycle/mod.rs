@@ -17,6 +17,7 @@
 //! - token service answers with a token that does not verify or names another user:
 //!   *bad response* → 502.
 
+mod budget;
 mod exchange;
 mod flight;
 mod initiate;
@@ -76,6 +77,10 @@ pub struct Lifecycle {
     refreshed: Cache<TokenHash, Arc<Session>>,
     rejected: Cache<TokenHash, ()>,
     initiated: Cache<String, Arc<Session>>,
+    /// Users for whom initiate was refused just now (by their flight key).
+    initiate_refused: Cache<String, ()>,
+    refresh_budget: budget::Budget,
+    initiate_budget: budget::Budget,
 }
 
 impl Lifecycle {
@@ -92,10 +97,18 @@ impl Lifecycle {
             .as_ref()
             .map(|r| (r.grace, r.rejected_ttl, r.cache_capacity))
             .unwrap_or((Duration::from_secs(1), Duration::from_secs(1), 1));
-        let (init_grace, init_capacity) = initiate
+        let (init_grace, init_capacity, init_refused_ttl) = initiate
             .as_ref()
-            .map(|i| (i.grace, i.cache_capacity))
-            .unwrap_or((Duration::from_secs(1), 1));
+            .map(|i| (i.grace, i.cache_capacity, i.rejected_ttl))
+            .unwrap_or((Duration::from_secs(1), 1, Duration::from_secs(1)));
+        let refresh_budget = refresh
+            .as_ref()
+            .map(|r| (r.max_calls_per_second, r.max_calls_per_user_per_minute))
+            .unwrap_or((0, 0));
+        let initiate_budget = initiate
+            .as_ref()
+            .map(|i| (i.max_calls_per_second, i.max_calls_per_user_per_minute))
+            .unwrap_or((0, 0));
         let app_verifier = app
             .as_ref()
             .map(|a| Verifier::app_identity(&a.secret.0, a.leeway, a.max_age));
@@ -112,6 +125,12 @@ impl Lifecycle {
                 .max_capacity(init_capacity)
                 .time_to_live(ttl(init_grace))
                 .build(),
+            initiate_refused: Cache::builder()
+                .max_capacity(init_capacity)
+                .time_to_live(ttl(init_refused_ttl))
+                .build(),
+            refresh_budget: budget::Budget::new("refresh", refresh_budget.0, refresh_budget.1),
+            initiate_budget: budget::Budget::new("initiate", initiate_budget.0, initiate_budget.1),
             refresh,
             initiate,
             app_verifier,
@@ -187,7 +206,7 @@ impl Lifecycle {
     ) -> Result<Arc<Session>, RenewError> {
         let mut rejected = false;
         if let (Some(old), Some(rt), Some(_)) = (&expired, refresh_token, &self.refresh) {
-            match self.refresh(rt).await {
+            match self.refresh(rt, &old.sub).await {
                 Ok(s) if s.verified.sub == old.sub => return Ok(s),
                 Ok(_) => {
                     metrics::counter!("auth_sidecar_refresh_total", "outcome" => "wrong_subject")

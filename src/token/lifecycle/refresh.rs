@@ -14,9 +14,11 @@ use crate::token::call::Call;
 use crate::token::coordinate::Flight;
 
 impl Lifecycle {
+    /// `user`: the expired token's `sub`, for the per-user budget.
     pub(super) async fn refresh(
         self: &Arc<Self>,
         refresh_token: &str,
+        user: &str,
     ) -> Result<Arc<Session>, RenewError> {
         let key = hash_token(refresh_token);
         if self.rejected.contains_key(&key) {
@@ -26,13 +28,14 @@ impl Lifecycle {
         }
         let this = self.clone();
         let rt = refresh_token.to_string();
+        let user = user.to_string();
         let unavailable = self.unavailable();
         single_flight(
             "refresh",
             async move {
                 this.refreshed
                     .entry(key)
-                    .or_try_insert_with(this.call_refresh(rt))
+                    .or_try_insert_with(this.call_refresh(rt, user))
                     .await
             },
             unavailable,
@@ -40,7 +43,11 @@ impl Lifecycle {
         .await
     }
 
-    async fn call_refresh(&self, refresh_token: String) -> Result<Arc<Session>, RenewError> {
+    async fn call_refresh(
+        &self,
+        refresh_token: String,
+        user: String,
+    ) -> Result<Arc<Session>, RenewError> {
         let Some(cfg) = &self.refresh else {
             return Err(super::REFRESH_REJECTED);
         };
@@ -54,7 +61,7 @@ impl Lifecycle {
         let result = self
             .coordinated(
                 flight,
-                Box::new(|| Box::pin(self.refresh_call(&refresh_token))),
+                Box::new(|| Box::pin(self.refresh_call(&refresh_token, &user))),
             )
             .await;
         if matches!(result, Err(RenewError::Rejected(_))) {
@@ -64,11 +71,18 @@ impl Lifecycle {
         result
     }
 
-    /// The refresh call itself.
-    async fn refresh_call(&self, refresh_token: &str) -> Result<Arc<Session>, RenewError> {
+    /// The refresh call itself, within the budget.
+    async fn refresh_call(
+        &self,
+        refresh_token: &str,
+        user: &str,
+    ) -> Result<Arc<Session>, RenewError> {
         let Some(cfg) = &self.refresh else {
             return Err(super::REFRESH_REJECTED);
         };
+        if let Err(retry_after) = self.refresh_budget.check(user) {
+            return Err(RenewError::Unavailable { retry_after });
+        }
         let json = cfg.content_type.to_str().is_ok_and(|c| c.contains("json"));
         let body = cfg
             .body
@@ -95,6 +109,7 @@ impl Lifecycle {
                 refresh_ptr: &cfg.refresh_token_pointer,
                 old_refresh: Some(refresh_token),
                 initiated: false,
+                budget: &self.refresh_budget,
             })
             .await;
         record("refresh", &result, started);
