@@ -33,6 +33,9 @@ pub enum ProxyError {
     /// Client: the request itself is malformed or ambiguous.
     #[error("{0}")]
     InvalidRequest(&'static str),
+    /// Client: sent its request body too slowly.
+    #[error("the request body arrived too slowly")]
+    RequestTimeout,
     /// Client: a valid token that lacks what the route needs.
     #[error("{0}")]
     InsufficientScope(&'static str),
@@ -65,6 +68,7 @@ impl ProxyError {
             ProxyError::TokenExpired => "token_expired",
             ProxyError::RefreshRejected(_) => "refresh_rejected",
             ProxyError::InvalidRequest(_) => "invalid_request",
+            ProxyError::RequestTimeout => "request_timeout",
             ProxyError::InsufficientScope(_) => "insufficient_scope",
             ProxyError::TokenServiceUnavailable { .. } => "token_service_unavailable",
             ProxyError::TokenServiceBadResponse(_) => "token_service_bad_response",
@@ -82,6 +86,7 @@ impl ProxyError {
             | ProxyError::TokenExpired
             | ProxyError::RefreshRejected(_) => StatusCode::UNAUTHORIZED,
             ProxyError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::InsufficientScope(_) => StatusCode::FORBIDDEN,
             ProxyError::TokenServiceUnavailable { .. }
             | ProxyError::KeysUnavailable

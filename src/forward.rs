@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use http::uri::{PathAndQuery, Uri};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -16,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::body::ProxyBody;
 use crate::config::Backend;
 use crate::error::ProxyError;
+use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::pool::H1Pool;
 
@@ -75,7 +75,7 @@ pub struct Forwarder {
 #[derive(Clone)]
 enum BackendClient {
     H1(Arc<H1Pool>),
-    H2(Box<Client<HttpsConnector<HttpConnector>, Incoming>>),
+    H2(Box<Client<HttpsConnector<HttpConnector>, Inbound>>),
 }
 
 /// Per-request facts the forwarder needs beyond the request itself.
@@ -141,7 +141,7 @@ impl Forwarder {
     /// Sends the request to the backend and returns its response, streaming.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Inbound>,
         hop: Hop<'_>,
         metrics: &Metrics,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -178,7 +178,7 @@ impl Forwarder {
                 *req.version_mut() = Version::HTTP_11;
                 match tokio::time::timeout(limit, pool.send(req)).await {
                     Err(_) => Err(ProxyError::BackendTimeout),
-                    Ok(Err(e)) => Err(unavailable(&e, e.is_connect())),
+                    Ok(Err(e)) => Err(failed(&e, e.is_connect())),
                     Ok(Ok((resp, lease))) => Ok((resp, Some(lease))),
                 }
             }
@@ -192,7 +192,7 @@ impl Forwarder {
                 };
                 match tokio::time::timeout(limit, client.request(req)).await {
                     Err(_) => Err(ProxyError::BackendTimeout),
-                    Ok(Err(e)) => Err(unavailable(&e, e.is_connect())),
+                    Ok(Err(e)) => Err(failed(&e, e.is_connect())),
                     Ok(Ok(resp)) => Ok((resp, None)),
                 }
             }
@@ -247,7 +247,12 @@ impl Forwarder {
 }
 
 /// Logs why the backend could not be reached (the client gets the plain 502).
-fn unavailable(e: &dyn std::fmt::Display, connect: bool) -> ProxyError {
+/// A failed backend request: the client's own body stalled (408), or the backend (502).
+fn failed(e: &(dyn std::error::Error + 'static), connect: bool) -> ProxyError {
+    if crate::inbound::is_idle_body(e) {
+        tracing::debug!("request body stalled; the backend request was abandoned");
+        return ProxyError::RequestTimeout;
+    }
     tracing::warn!(error = %e, connect, "backend request failed");
     ProxyError::BackendUnavailable
 }

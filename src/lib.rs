@@ -20,6 +20,7 @@ pub mod credentials;
 pub mod decide;
 pub(crate) mod error;
 pub(crate) mod forward;
+pub(crate) mod inbound;
 pub mod inject;
 pub(crate) mod listen;
 pub(crate) mod metrics;

@@ -195,12 +195,14 @@ async fn serve_conn<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let info = ConnInfo::new(remote, tls);
+    let stall = state.load().cfg.server.write_stall_timeout;
     let svc = service_fn(move |req| {
         let info = info.clone();
         // Each request sees the config in force when it arrived (reload swaps it whole).
         let st = state.load_full();
         async move { Ok::<_, Infallible>(proxy::handle(st, req, info).await) }
     });
+    let io = StallGuard::new(io, stall);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
@@ -235,4 +237,114 @@ pub async fn reachable(authority: &http::uri::Authority, default_port: u16) -> b
         .await,
         Ok(Ok(_))
     )
+}
+
+pin_project_lite::pin_project! {
+    /// A client connection cut off when a write makes no progress for `stall`: a client
+    /// that stops reading a response (or a WebSocket) cannot hold the backend connection
+    /// behind it forever. The timer exists only once a write has had to wait.
+    struct StallGuard<S> {
+        #[pin]
+        io: S,
+        stall: Duration,
+        timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        waiting: bool,
+    }
+}
+
+impl<S> StallGuard<S> {
+    fn new(io: S, stall: Duration) -> Self {
+        StallGuard {
+            io,
+            stall,
+            timer: None,
+            waiting: false,
+        }
+    }
+}
+
+/// A write that could not proceed: arm the timer on the first wait; an error once it fires.
+fn stalled(
+    stall: Duration,
+    timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    waiting: &mut bool,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<std::io::Error> {
+    use std::future::Future;
+    let deadline = tokio::time::Instant::now() + stall;
+    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    if !*waiting {
+        *waiting = true;
+        t.as_mut().reset(deadline);
+    }
+    match t.as_mut().poll(cx) {
+        std::task::Poll::Ready(()) => std::task::Poll::Ready(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client stopped reading",
+        )),
+        std::task::Poll::Pending => std::task::Poll::Pending,
+    }
+}
+
+macro_rules! guarded {
+    ($this:ident, $cx:ident, $call:expr) => {
+        match $call {
+            std::task::Poll::Pending => {
+                stalled(*$this.stall, $this.timer, $this.waiting, $cx).map(Err)
+            }
+            ready => {
+                *$this.waiting = false;
+                ready
+            }
+        }
+    };
+}
+
+impl<S: tokio::io::AsyncWrite> tokio::io::AsyncWrite for StallGuard<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        guarded!(this, cx, this.io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        guarded!(this, cx, this.io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        guarded!(this, cx, this.io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+impl<S: tokio::io::AsyncRead> tokio::io::AsyncRead for StallGuard<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
 }

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+
+use crate::inbound::Inbound;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -67,7 +69,7 @@ impl Drop for Slot {
 }
 
 struct Idle {
-    tx: SendRequest<Incoming>,
+    tx: SendRequest<Inbound>,
     since: Instant,
 }
 
@@ -89,7 +91,7 @@ impl PoolError {
 /// A connection in use. Dropped after the response body ended, it goes back to the pool;
 /// dropped before (client gone, body cut), the connection is closed with it.
 pub struct Lease {
-    tx: Option<SendRequest<Incoming>>,
+    tx: Option<SendRequest<Inbound>>,
     pool: Arc<H1Pool>,
     pub done: bool,
 }
@@ -127,7 +129,7 @@ impl H1Pool {
     /// skipped, so a backend's keep-alive timeout never becomes a 502.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<Inbound>,
     ) -> Result<(Response<Incoming>, Lease), PoolError> {
         loop {
             let (mut tx, reused) = self.checkout().await?;
@@ -156,7 +158,7 @@ impl H1Pool {
 
     /// A pooled connection (true), or a new one when fewer than `max_connections` are
     /// open (false); otherwise waits until one comes back or closes.
-    async fn checkout(&self) -> Result<(SendRequest<Incoming>, bool), PoolError> {
+    async fn checkout(&self) -> Result<(SendRequest<Inbound>, bool), PoolError> {
         loop {
             if let Some(tx) = self.take() {
                 return Ok((tx, true));
@@ -198,7 +200,7 @@ impl H1Pool {
         ))
     }
 
-    fn take(&self) -> Option<SendRequest<Incoming>> {
+    fn take(&self) -> Option<SendRequest<Inbound>> {
         let mut idle = self.lock();
         while let Some(i) = idle.pop_back() {
             if !i.tx.is_closed() && i.since.elapsed() < self.idle_timeout {
@@ -208,7 +210,7 @@ impl H1Pool {
         None
     }
 
-    fn put(&self, tx: SendRequest<Incoming>) {
+    fn put(&self, tx: SendRequest<Inbound>) {
         if tx.is_closed() {
             return;
         }
@@ -228,7 +230,7 @@ impl H1Pool {
         }
     }
 
-    async fn connect(&self, slot: Slot, dial: Dial) -> Result<SendRequest<Incoming>, PoolError> {
+    async fn connect(&self, slot: Slot, dial: Dial) -> Result<SendRequest<Inbound>, PoolError> {
         // The connector carries the connect timeout, TCP options and TLS (with ALPN
         // http/1.1 for https backends).
         let io = self

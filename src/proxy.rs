@@ -289,6 +289,7 @@ async fn forward(
         upgrade: ctx.upgrade,
         tunnel_deadline,
     };
+    let body = crate::inbound::Inbound::new(body, state.cfg.server.body_read_timeout);
     let req = Request::from_parts(parts, body);
     let mut resp = match state.forwarder.forward(req, hop, &state.metrics).await {
         Ok(r) => r,

@@ -51,6 +51,17 @@ pub struct Server {
     /// public ones included, because a backend that decodes twice would read another
     /// path. Only for backends that never decode a path twice.
     pub allow_encoded_percent: bool,
+    /// A request body that sends no byte for this long is cut off (`408` when the
+    /// backend has not answered yet) and its backend connection dropped.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub body_read_timeout: Duration,
+    /// A client that reads nothing of a response (or a WebSocket) for this long while
+    /// the sidecar has bytes to write is disconnected, and the backend connection behind
+    /// it dropped.
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub write_stall_timeout: Duration,
     /// TLS on the proxy port (unset = cleartext); the files are reloaded when they change.
     pub tls: Option<Tls>,
 }
@@ -68,6 +79,8 @@ impl Default for Server {
             shutdown_grace: Duration::from_secs(30),
             upgrade_token_grace: Some(Duration::from_secs(60)),
             allow_encoded_percent: false,
+            body_read_timeout: Duration::from_secs(30),
+            write_stall_timeout: Duration::from_secs(60),
             tls: None,
         }
     }
