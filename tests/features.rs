@@ -414,7 +414,7 @@ async fn metrics_count_refresh_calls_coalesced_waits_and_jwks_fetches() {
         )
         .unwrap_or_else(|| panic!("no coalesced_total{{call=\"refresh\"}}:\n{text}"));
         assert!(
-            coalesced >= 1.0 && coalesced <= 39.0,
+            (1.0..=39.0).contains(&coalesced),
             "coalesced waits {coalesced} for a herd of 40 on one call"
         );
         let fetches = metric(
