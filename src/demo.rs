@@ -24,6 +24,8 @@ use auth_sidecar::token::now_secs;
 /// Lifetime of tokens the dev token service issues: short, so the lifecycle is visible.
 const DEV_ACCESS_TTL: u64 = 30;
 const DEV_REFRESH_TTL: u64 = 60;
+/// Lifetime of the valid access token the walkthrough prints (long enough to paste).
+const PRINTED_ACCESS_TTL: u64 = 900;
 
 /// The shipped config, used when the config file is not there (e.g. run from elsewhere).
 const EMBEDDED_CONFIG: &str = include_str!("../config.toml");
@@ -205,7 +207,13 @@ fn print_walkthrough(
             ("email", json!(format!("{s}@example.test"))),
         ]
     };
-    let valid = mint(&demo.secret, &demo.cfg, "alice", &who("alice"), now + 900);
+    let valid = mint(
+        &demo.secret,
+        &demo.cfg,
+        "alice",
+        &who("alice"),
+        now + PRINTED_ACCESS_TTL as i64,
+    );
     let expired = mint(&demo.secret, &demo.cfg, "alice", &who("alice"), now - 60);
     let (_, live_refresh) = demo.issue("alice");
     // A refresh token the dev service will refuse, as if it had expired.
@@ -223,7 +231,12 @@ fn print_walkthrough(
         "proxy http://{proxy}  admin {}",
         admin.map(|a| format!("http://{a}")).unwrap_or("-".into())
     );
-    println!("Dev tokens live {DEV_ACCESS_TTL}s (access) and {DEV_REFRESH_TTL}s (refresh). Paste these:\n");
+    println!(
+        "The valid access token below lives {} min, the live refresh token {DEV_REFRESH_TTL}s \
+         (run step 4 within that); tokens the dev token service issues on refresh or \
+         initiate live {DEV_ACCESS_TTL}s (access) and {DEV_REFRESH_TTL}s (refresh). Paste these:\n",
+        PRINTED_ACCESS_TTL / 60
+    );
     let steps = [
         (
             "1. A valid access token: the backend sees who the caller is.",

@@ -17,6 +17,26 @@ fn cfg(extra: &str) -> Config {
     Config::from_toml(&text, Path::new("."), &env).expect("config loads")
 }
 
+/// Every `section.key` of the config reference, computed once.
+fn known_keys() -> &'static Vec<String> {
+    static KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        auth_sidecar::config::reference::rows()
+            .into_iter()
+            .map(|r| r.key)
+            .collect()
+    })
+}
+
+/// A minimal valid config (HS256, secret in `HS`) with `line` added to `[section]`.
+fn with_key(section: &str, line: &str) -> String {
+    if section == "auth" {
+        format!("[auth]\nhmac_secret = {{ env = \"HS\" }}\n{line}\n")
+    } else {
+        format!("[auth]\nhmac_secret = {{ env = \"HS\" }}\n[{section}]\n{line}\n")
+    }
+}
+
 /// Path-ish strings: segments from a small alphabet heavy in the characters that matter.
 fn raw_path() -> impl Strategy<Value = String> {
     let seg = prop::collection::vec(
@@ -153,12 +173,47 @@ proptest! {
         }
     }
 
-    /// Config parsing never panics on arbitrary TOML-ish text and reports unknown keys.
+    /// Config parsing never panics on arbitrary TOML-ish text and reports unknown keys:
+    /// a key that is not in the config reference (`config::reference::rows`) is refused
+    /// with a problem naming it (`unknown key `section.key``), in whichever section it
+    /// sits; a known key is never reported as unknown.
     #[test]
-    fn config_parsing_is_total(key in "[a-z_]{1,12}", value in "[ -~]{0,20}") {
-        let text = format!("[server]\n{key} = \"{}\"\n", value.replace(['"', '\\'], ""));
-        let env: BTreeMap<String, String> = BTreeMap::new();
-        let _ = Config::from_toml(&text, Path::new("."), &env);
+    fn config_parsing_is_total(
+        section in prop::sample::select(vec!["server", "backend", "auth", "identity", "log", "response_tokens"]),
+        key in "[a-z_]{1,12}",
+        value in "[ -~]{0,20}",
+    ) {
+        let text = with_key(section, &format!("{key} = \"{}\"", value.replace(['"', '\\'], "")));
+        let env: BTreeMap<String, String> = [("HS".to_string(), "k".repeat(40))].into();
+        let path = format!("{section}.{key}");
+        let known = known_keys().contains(&path);
+        let wanted = format!("unknown key `{path}`");
+        match Config::from_toml(&text, Path::new("."), &env) {
+            Ok(_) => prop_assert!(known, "{} was accepted", path),
+            Err(e) => {
+                let named = e.0.iter().any(|p| p == &wanted);
+                if known {
+                    prop_assert!(!named, "known key {} reported unknown: {:?}", path, e.0);
+                } else {
+                    prop_assert!(named, "{} not reported as unknown: {:?}", path, e.0);
+                }
+            }
+        }
+    }
+
+    /// The same for keys that are certainly unknown, so every case checks the report
+    /// (the alphabet above rarely spells a real key, but may).
+    #[test]
+    fn unknown_keys_are_reported_by_name(
+        section in prop::sample::select(vec!["server", "admin", "backend", "auth", "identity", "log"]),
+        key in "zz[a-z_]{0,10}",
+    ) {
+        let text = with_key(section, &format!("{key} = 1"));
+        let env: BTreeMap<String, String> = [("HS".to_string(), "k".repeat(40))].into();
+        let err = Config::from_toml(&text, Path::new("."), &env).err();
+        let problems = err.map(|e| e.0).unwrap_or_default();
+        let wanted = format!("unknown key `{section}.{key}`");
+        prop_assert!(problems.contains(&wanted), "wanted {:?} in {:?}", wanted, problems);
     }
 }
 

@@ -106,6 +106,17 @@ impl Drop for Backend {
 
 impl Backend {
     pub async fn start() -> Backend {
+        Self::start_serving(false).await
+    }
+
+    /// The same backend speaking HTTP/2 only (cleartext, prior knowledge: what the
+    /// sidecar's `backend.http2 = true` speaks to an `http://` URL). `/ws` upgrades are
+    /// HTTP/1.1-only and not served.
+    pub async fn start_h2() -> Backend {
+        Self::start_serving(true).await
+    }
+
+    async fn start_serving(h2: bool) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
@@ -120,6 +131,14 @@ impl Backend {
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                        return;
+                    }
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()

@@ -94,6 +94,27 @@ pub fn server_config(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
     Arc::new(cfg)
 }
 
+/// A server config like [`server_config`] that requires a client certificate signed by
+/// the CA in fixture `client_ca` (a backend that demands mTLS).
+pub fn mtls_server_config(cert: &str, key: &str, client_ca: &str) -> Arc<rustls::ServerConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(client_ca) {
+        roots.add(c).unwrap();
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(cert), private_key(key))
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
 /// Opens a TLS connection to `addr` (SNI/name checked: `server_name`), 5 s bound.
 pub async fn connect(
     addr: SocketAddr,
@@ -232,6 +253,7 @@ pub struct TlsFront {
     pub addr: SocketAddr,
     handshakes_ok: Arc<AtomicUsize>,
     handshakes_failed: Arc<AtomicUsize>,
+    client_certs: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -254,6 +276,8 @@ impl TlsFront {
         let failed = Arc::new(AtomicUsize::new(0));
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
         let (ok2, failed2) = (ok.clone(), failed.clone());
+        let client_certs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let certs2 = client_certs.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -261,6 +285,7 @@ impl TlsFront {
                 };
                 let acceptor = acceptor.clone();
                 let (ok, failed) = (ok2.clone(), failed2.clone());
+                let seen = certs2.clone();
                 tokio::spawn(async move {
                     let hs = tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp));
                     let mut tls = match hs.await {
@@ -270,6 +295,10 @@ impl TlsFront {
                             return;
                         }
                     };
+                    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                    if let Some(leaf) = leaf {
+                        seen.lock().unwrap().push(leaf.as_ref().to_vec());
+                    }
                     ok.fetch_add(1, Ordering::SeqCst);
                     let Ok(mut plain) = TcpStream::connect(target).await else {
                         return;
@@ -282,6 +311,7 @@ impl TlsFront {
             addr,
             handshakes_ok: ok,
             handshakes_failed: failed,
+            client_certs,
             task,
         }
     }
@@ -294,6 +324,11 @@ impl TlsFront {
     /// Completed TLS handshakes.
     pub fn handshakes_ok(&self) -> usize {
         self.handshakes_ok.load(Ordering::SeqCst)
+    }
+
+    /// The leaf client certificate (DER) of each completed handshake that presented one.
+    pub fn client_certs(&self) -> Vec<Vec<u8>> {
+        self.client_certs.lock().unwrap().clone()
     }
 
     /// Handshakes that failed (e.g. the client did not trust the certificate).
