@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::body::ProxyBody;
-use crate::config::{Config, Route, RouteMode};
+use crate::config::{Config, ForwardAuth, Route, RouteMode};
 use crate::credentials::{Credentials, Owned, Source};
 use crate::decide;
 use crate::error::ProxyError;
@@ -38,6 +38,8 @@ pub struct State {
 /// Facts about the connection a request came in on.
 #[derive(Clone)]
 pub struct ConnInfo {
+    /// The TCP peer (what `forward_auth.trusted_sources` is checked against).
+    pub remote: SocketAddr,
     /// The peer's IP as a header value, for `X-Forwarded-For` (formatted once).
     pub ip: HeaderValue,
     pub tls: bool,
@@ -47,7 +49,7 @@ impl ConnInfo {
     pub fn new(remote: SocketAddr, tls: bool) -> ConnInfo {
         let ip = HeaderValue::from_str(&remote.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
-        ConnInfo { ip, tls }
+        ConnInfo { remote, ip, tls }
     }
 }
 
@@ -117,6 +119,11 @@ pub async fn handle(
     // Recorded with Display: the ids are plain tokens, and str's Debug escapes char by char.
     let span = tracing::error_span!("request", request_id = %ctx.request_id.to_str().unwrap_or(""));
     let result = async {
+        if let Some(fa) = &state.cfg.forward_auth {
+            if is_decision_path(fa, parts.uri.path()) {
+                return answer_decision(&state, &mut ctx, &mut parts, &conn, fa).await;
+            }
+        }
         decide(&state, &mut ctx, &mut parts).await?;
         let query = prepare(&state, &ctx, &mut parts);
         Ok(forward(&state, &mut ctx, parts, body, &conn, query.as_deref()).await)
@@ -142,6 +149,102 @@ pub async fn decide<'s>(
     ctx.owned = state.credentials.take_owned(&mut parts.headers);
     route(state, ctx, parts)?;
     authorize(state, ctx, parts).await
+}
+
+fn is_decision_path(fa: &ForwardAuth, path: &str) -> bool {
+    path.strip_prefix(fa.path.as_str())
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The decision endpoint, instead of the proxy path: every phase up to the decision,
+/// for the original request the front proxy names; `200` with the identity headers (and
+/// a renewed pair) for the front proxy to copy, or the refusal. Forwards nothing.
+async fn answer_decision<'s>(
+    state: &'s State,
+    ctx: &mut Ctx<'s>,
+    parts: &mut Parts,
+    conn: &ConnInfo,
+    fa: &ForwardAuth,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (method, target) = original_request(parts, fa, fa.trusts(conn.remote.ip()))?;
+    for h in ORIGINAL_HEADERS {
+        parts.headers.remove(h);
+    }
+    parts.method = method;
+    parts.uri = target;
+    decide(state, ctx, parts).await?;
+    let mut resp = Response::new(ProxyBody::empty());
+    if let Some(who) = &ctx.who {
+        inject::set_identity(resp.headers_mut(), who);
+    }
+    if let Some(s) = &ctx.renewed {
+        inject::set_session(resp.headers_mut(), &state.cfg.response_tokens, s);
+    }
+    Ok(resp)
+}
+
+/// The headers in which front proxies name the original request.
+const ORIGINAL_HEADERS: [&str; 4] = [
+    "x-original-method",
+    "x-original-uri",
+    "x-forwarded-method",
+    "x-forwarded-uri",
+];
+
+/// The request to decide on: from a trusted front proxy's headers (nginx: X-Original-*,
+/// Traefik: X-Forwarded-*); the path after the endpoint's (Envoy's `path_prefix`); or,
+/// from anyone else, the request itself.
+fn original_request(
+    parts: &Parts,
+    fa: &ForwardAuth,
+    trusted: bool,
+) -> Result<(Method, http::Uri), ProxyError> {
+    const AMBIGUOUS: ProxyError =
+        ProxyError::InvalidRequest("the original request is named more than once");
+    let one = |names: [&str; 2]| -> Result<Option<&str>, ProxyError> {
+        let mut found = None;
+        for n in names {
+            for v in parts.headers.get_all(n) {
+                let v = v
+                    .to_str()
+                    .map_err(|_| ProxyError::InvalidRequest("the original request is malformed"))?;
+                if found.replace(v).is_some() {
+                    return Err(AMBIGUOUS);
+                }
+            }
+        }
+        Ok(found)
+    };
+    let uri = |s: &str| -> Result<http::Uri, ProxyError> {
+        let u: http::Uri = s
+            .parse()
+            .map_err(|_| ProxyError::InvalidRequest("the original URI is malformed"))?;
+        // Origin-form only: a front proxy names a path, never another host.
+        if u.scheme().is_some() || u.authority().is_some() || !s.starts_with('/') {
+            return Err(ProxyError::InvalidRequest("the original URI is not a path"));
+        }
+        Ok(u)
+    };
+    if trusted {
+        if let Some(target) = one(["x-original-uri", "x-forwarded-uri"])? {
+            let method = match one(["x-original-method", "x-forwarded-method"])? {
+                Some(m) => Method::from_bytes(m.as_bytes())
+                    .map_err(|_| ProxyError::InvalidRequest("the original method is malformed"))?,
+                None => parts.method.clone(),
+            };
+            return Ok((method, uri(target)?));
+        }
+    }
+    let path = parts.uri.path();
+    let rest = &path[fa.path.len().min(path.len())..];
+    if rest.starts_with('/') {
+        let target = match parts.uri.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_string(),
+        };
+        return Ok((parts.method.clone(), uri(&target)?));
+    }
+    Ok((parts.method.clone(), parts.uri.clone()))
 }
 
 /// First, before anything is read: refuses requests no route can make sense of.

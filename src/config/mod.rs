@@ -10,6 +10,7 @@
 
 mod auth;
 mod backend;
+mod forward_auth;
 mod identity;
 mod lifecycle;
 mod log;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::{Auth, Jwks, JwksFile, PublicKey};
 pub use backend::{Backend, ClientTls};
+pub use forward_auth::ForwardAuth;
 pub use identity::Identity;
 pub use lifecycle::{ApiKey, AppIdentity, ClientCredentials, Initiate, Introspection, Refresh};
 pub use log::{Log, LogFormat};
@@ -88,6 +90,9 @@ pub struct Config {
     /// Redis shared by the replicas, so each refresh and initiate is made once across
     /// them; unset = each replica on its own.
     pub shared_store: Option<SharedStore>,
+    /// A decision endpoint for a front proxy (nginx `auth_request`, Envoy `ext_authz`,
+    /// Traefik `ForwardAuth`); unset = none.
+    pub forward_auth: Option<ForwardAuth>,
     /// Where renewed tokens go in the response.
     pub response_tokens: ResponseTokens,
     /// Log output.
@@ -195,6 +200,9 @@ impl Config {
         }
         if let Some(st) = &mut self.shared_store {
             st.validate(c);
+        }
+        if let Some(f) = &mut self.forward_auth {
+            f.validate(c);
         }
         if self.app_identity.is_some() && self.initiate.is_none() {
             c.fail("app_identity: needs an [initiate] section to start sessions with".into());
