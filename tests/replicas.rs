@@ -34,7 +34,10 @@ struct Replicas {
 fn store_section(url: &str, overrides: &[(&str, &str)]) -> String {
     let mut m: BTreeMap<String, String> = BTreeMap::new();
     m.insert("url".into(), q(url));
-    m.insert("secret".into(), format!("{{ env = {} }}", q(STORE_SECRET_ENV)));
+    m.insert(
+        "secret".into(),
+        format!("{{ env = {} }}", q(STORE_SECRET_ENV)),
+    );
     for (k, v) in overrides {
         m.insert((*k).into(), (*v).into());
     }
@@ -74,8 +77,7 @@ impl Replicas {
             .env(STORE_SECRET_ENV, STORE_SECRET)
             .extra(&l.render())
             .extra(&store_section(url, store));
-        let scs =
-            futures_util::future::join_all((0..n).map(|_| Sidecar::start(&cfg))).await;
+        let scs = futures_util::future::join_all((0..n).map(|_| Sidecar::start(&cfg))).await;
         Replicas {
             backend,
             ts,
@@ -240,10 +242,11 @@ async fn metric(sc: &Sidecar, name: &str, labels: &[(&str, &str)]) -> f64 {
             None if rest.starts_with(' ') => ("", rest),
             None => continue,
         };
-        if labels
-            .iter()
-            .all(|(k, v)| labels_part.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
-        {
+        if labels.iter().all(|(k, v)| {
+            labels_part
+                .split(',')
+                .any(|kv| kv == format!("{k}=\"{v}\""))
+        }) {
             total += value.trim().parse::<f64>().unwrap_or(0.0);
         }
     }
@@ -271,15 +274,29 @@ async fn three_hundred_requests_over_three_replicas_make_one_refresh_call() {
         let old = r.ts.expired_pair("alice");
         let answers = herd(&r, 300, &old).await;
         assert_eq!(answers.len(), 300);
-        let issued = r.ts.last_issued().expect("the token service issued nothing");
+        let issued =
+            r.ts.last_issued()
+                .expect("the token service issued nothing");
         for a in &answers {
             let p = renewed(a.ok(), "alice");
-            assert_eq!(p, issued, "replica {}: every response carries the one new pair", a.replica);
+            assert_eq!(
+                p, issued,
+                "replica {}: every response carries the one new pair",
+                a.replica
+            );
         }
-        assert_eq!(r.ts.refresh_calls(), 1, "one refresh call across three replicas");
+        assert_eq!(
+            r.ts.refresh_calls(),
+            1,
+            "one refresh call across three replicas"
+        );
         assert_eq!(r.ts.initiate_calls(), 0);
         assert_eq!(r.backend.count(), 300);
-        assert_eq!(r.ts.families_revoked(), 0, "no reuse reached the token service");
+        assert_eq!(
+            r.ts.families_revoked(),
+            0,
+            "no reuse reached the token service"
+        );
         // The old pair again, on each replica, within grace: the same new pair, no call.
         for (i, sc) in r.scs.iter().enumerate() {
             let p = renewed(&send_pair(sc, &old).await, "alice");
@@ -310,8 +327,16 @@ async fn a_dead_refresh_token_over_three_replicas_initiates_once() {
             let p = renewed(a.ok(), "alice");
             assert_eq!(p, issued, "replica {}: the one initiated pair", a.replica);
         }
-        assert_eq!(r.ts.initiate_calls(), 1, "one initiate across three replicas");
-        assert_eq!(r.ts.refresh_calls(), 1, "one refresh call (refused) across three replicas");
+        assert_eq!(
+            r.ts.initiate_calls(),
+            1,
+            "one initiate across three replicas"
+        );
+        assert_eq!(
+            r.ts.refresh_calls(),
+            1,
+            "one refresh call (refused) across three replicas"
+        );
         assert_eq!(r.coord_total("initiate", "won").await, 1.0);
     })
     .await
@@ -350,9 +375,13 @@ async fn a_rejected_refresh_token_is_refused_once_for_every_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_token_service_slower_than_the_lease_still_gets_one_call() {
     bounded(async {
-        let r = Replicas::start(3, &[("lease", "\"1s\""), ("wait_timeout", "\"10s\"")], |lc| {
-            lc.refresh("timeout", "\"5s\"");
-        })
+        let r = Replicas::start(
+            3,
+            &[("lease", "\"1s\""), ("wait_timeout", "\"10s\"")],
+            |lc| {
+                lc.refresh("timeout", "\"5s\"");
+            },
+        )
         .await;
         r.ts.set_latency(Duration::from_millis(2500));
         let old = r.ts.expired_pair("alice");
@@ -497,9 +526,37 @@ async fn redis_killed_hung_and_back_never_fails_a_request() {
         check_phase("redis hung", &answers, "bob");
         let fallback_hung = r.coord_total("refresh", "fallback").await;
         r.redis().cont();
+        let conted = Instant::now();
 
-        // Back: coordination resumes after the backoff.
+        // Back: each replica coordinates again once a store operation succeeds after the
+        // backoff. Probed with one fresh pair per replica and round until it does.
         tokio::time::sleep(backoff + Duration::from_millis(300)).await;
+        let mut resumed: Vec<Option<Duration>> = vec![None; r.scs.len()];
+        let mut probe = 0;
+        while resumed.iter().any(Option::is_none) {
+            assert!(
+                conted.elapsed() < backoff + Duration::from_secs(6),
+                "coordination did not resume within {:?} of SIGCONT: {resumed:?}",
+                backoff + Duration::from_secs(6)
+            );
+            for (i, sc) in r.scs.iter().enumerate() {
+                if resumed[i].is_some() {
+                    continue;
+                }
+                let before = coord(sc, "refresh", "fallback").await;
+                let user = format!("probe-{probe}");
+                probe += 1;
+                let p = r.ts.expired_pair(&user);
+                renewed(&send_pair(sc, &p).await, &user);
+                if coord(sc, "refresh", "fallback").await == before {
+                    resumed[i] = Some(conted.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("coordination resumed after SIGCONT (backoff {backoff:?}): {resumed:?}");
+        let fallback_probes = r.coord_total("refresh", "fallback").await;
+
         let won_before = r.coord_total("refresh", "won").await;
         let waited_before = r.coord_total("refresh", "waited").await;
         let calls_before = r.ts.refresh_calls();
@@ -509,13 +566,25 @@ async fn redis_killed_hung_and_back_never_fails_a_request() {
         let won = r.coord_total("refresh", "won").await - won_before;
         let waited = r.coord_total("refresh", "waited").await - waited_before;
         let calls = r.ts.refresh_calls() - calls_before;
-        let fallback_back = r.coord_total("refresh", "fallback").await - fallback_hung;
+        let fallback_back = r.coord_total("refresh", "fallback").await - fallback_probes;
 
         let detail = format!(
             "fallback: killed {fallback_killed}, hung {}, back {fallback_back}; back: won {won}, waited {waited}, calls {calls}",
             fallback_hung - fallback_killed
         );
         eprintln!("{detail}");
+        let store_logs = |sc: &Sidecar| {
+            sc.logs()
+                .lines()
+                .filter(|l| l.contains("store"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let detail = format!(
+            "{detail}\n--- replica 0, store lines ---\n{}\n--- replica 1 ---\n{}",
+            store_logs(&r.scs[0]),
+            store_logs(&r.scs[1])
+        );
         assert!(fallback_killed >= 1.0, "fallback while Redis was killed: {detail}");
         assert!(fallback_hung > fallback_killed, "fallback while Redis hung: {detail}");
         assert_eq!(won, 1.0, "coordination resumed: {detail}");
@@ -567,7 +636,11 @@ async fn redis_down_from_the_start_replicas_start_ready_and_refresh() {
         );
         for (i, sc) in r.scs.iter().enumerate() {
             assert!(coord(sc, "refresh", "fallback").await >= 1.0, "replica {i}");
-            assert_eq!(metric(sc, "auth_sidecar_store_up", &[]).await, 0.0, "replica {i}");
+            assert_eq!(
+                metric(sc, "auth_sidecar_store_up", &[]).await,
+                0.0,
+                "replica {i}"
+            );
         }
     })
     .await
@@ -620,7 +693,9 @@ async fn the_store_holds_no_token_secret_or_user_in_plain_text_and_nothing_forev
         assert!(
             dump.len() >= 3,
             "expected at least the refresh result, the rejection and the initiate result: {:?}",
-            dump.iter().map(|e| String::from_utf8_lossy(&e.key)).collect::<Vec<_>>()
+            dump.iter()
+                .map(|e| String::from_utf8_lossy(&e.key))
+                .collect::<Vec<_>>()
         );
         let mut secrets: Vec<(String, String)> = Vec::new();
         for p in r.ts.issued().iter().chain([&old, &dead]) {

@@ -188,7 +188,10 @@ impl RedisServer {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("redis-server is not running").id()
+        self.child
+            .as_ref()
+            .expect("redis-server is not running")
+            .id()
     }
 
     /// SIGKILL, and waits for the process to be gone (the port is closed after this).
@@ -284,7 +287,10 @@ impl RedisServer {
 
     /// `CONFIG RESETSTAT`.
     pub fn config_resetstat(&self) {
-        assert_eq!(self.cmd(&["CONFIG", "RESETSTAT"]), Reply::Status("OK".into()));
+        assert_eq!(
+            self.cmd(&["CONFIG", "RESETSTAT"]),
+            Reply::Status("OK".into())
+        );
     }
 
     /// Every key (SCAN), its type, value and PTTL.
@@ -322,13 +328,21 @@ impl RedisServer {
                     Reply::Bulk(Some(v)) => v,
                     _ => Vec::new(),
                 },
-                "hash" => join(c.call(&[b("HGETALL"), key.clone()]).expect("HGETALL").array()),
+                "hash" => join(
+                    c.call(&[b("HGETALL"), key.clone()])
+                        .expect("HGETALL")
+                        .array(),
+                ),
                 "list" => join(
                     c.call(&[b("LRANGE"), key.clone(), b("0"), b("-1")])
                         .expect("LRANGE")
                         .array(),
                 ),
-                "set" => join(c.call(&[b("SMEMBERS"), key.clone()]).expect("SMEMBERS").array()),
+                "set" => join(
+                    c.call(&[b("SMEMBERS"), key.clone()])
+                        .expect("SMEMBERS")
+                        .array(),
+                ),
                 "zset" => join(
                     c.call(&[b("ZRANGE"), key.clone(), b("0"), b("-1")])
                         .expect("ZRANGE")
