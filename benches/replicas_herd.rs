@@ -76,7 +76,6 @@ async fn round(replicas: usize, n: usize, latency: Duration) -> Outcome {
         .env(API_KEY_ENV, API_KEY)
         .env(APP_SECRET_ENV, APP_SECRET)
         .env(STORE_SECRET_ENV, STORE_SECRET)
-        .log_level("warn")
         .extra(&lc.render());
     if let Some(r) = &redis {
         cfg = cfg.extra(&format!(
