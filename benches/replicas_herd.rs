@@ -21,7 +21,7 @@
 //! | HERD_LIMIT_S | 240 | bound on the whole run |
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 use std::collections::BTreeMap;
