@@ -14,6 +14,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod mock;
 pub mod raw_backend;
+pub mod redis;
 pub mod rig;
 pub mod sidecar;
 pub mod tls;

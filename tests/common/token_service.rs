@@ -7,7 +7,10 @@
 //!   sidecar under test verifies them.
 //! - Refresh tokens rotate: each refresh issues a new one and marks the old one used; a
 //!   used (or unknown) refresh token is refused with 400 `{"error":"invalid_grant"}`
-//!   (reuse detection, as real token services do).
+//!   (reuse detection, as real token services do). With
+//!   [`TokenService::set_family_revocation`], reusing a rotated refresh token also
+//!   revokes its whole family (every refresh token descended from the same login,
+//!   including the one the first caller got), as OAuth 2.0 security guidance asks.
 //! - Initiate checks the API key and puts the identity it was asked for into the new
 //!   token's `sub`.
 //! - Every call is counted per endpoint, and the last request (headers and body) kept.
@@ -159,6 +162,10 @@ struct Grant {
     email: String,
     name: String,
     used: bool,
+    /// The login this refresh token descends from (rotation keeps it).
+    family: u64,
+    /// Revoked with its family after a reuse.
+    revoked: bool,
 }
 
 struct State {
@@ -176,6 +183,10 @@ struct State {
     issued: Mutex<Vec<Pair>>,
     serial: AtomicU64,
     nonce: u64,
+    /// Reuse of a rotated refresh token revokes its family.
+    family_revocation: std::sync::atomic::AtomicBool,
+    /// Families revoked so far.
+    families_revoked: AtomicUsize,
 }
 
 /// A running mock token service. Dropping it closes the listener and every connection.
@@ -234,6 +245,8 @@ impl TokenService {
             issued: Mutex::new(Vec::new()),
             serial: AtomicU64::new(0),
             nonce,
+            family_revocation: std::sync::atomic::AtomicBool::new(false),
+            families_revoked: AtomicUsize::new(0),
         });
         let ts = TokenService {
             addr,
@@ -302,6 +315,13 @@ impl TokenService {
         self.state
             .latency_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Off by default: reuse of a rotated refresh token is refused, nothing more. On:
+    /// the reuse also revokes every refresh token of the same family (issued from the
+    /// same login, by rotation), so the pair the first caller got stops working too.
+    pub fn set_family_revocation(&self, on: bool) {
+        self.state.family_revocation.store(on, Ordering::SeqCst);
     }
 
     /// Lifetime of the access tokens the service issues (default 600 s).
@@ -402,6 +422,21 @@ impl TokenService {
         self.issued().last().cloned()
     }
 
+    /// Whether `refresh` was revoked with its family (after a reuse).
+    pub fn is_revoked(&self, refresh: &str) -> bool {
+        self.state
+            .grants
+            .lock()
+            .unwrap()
+            .get(refresh)
+            .is_some_and(|g| g.revoked)
+    }
+
+    /// How many families a reuse revoked.
+    pub fn families_revoked(&self) -> usize {
+        self.state.families_revoked.load(Ordering::SeqCst)
+    }
+
     /// Whether the service considers `refresh` used (rotated away).
     pub fn is_used(&self, refresh: &str) -> bool {
         self.state
@@ -417,7 +452,7 @@ impl TokenService {
     /// A live refresh token for `sub` (email `sub@example.com` unless `sub` is an email).
     pub fn register_refresh(&self, sub: &str) -> String {
         let (email, name) = default_profile(sub);
-        self.state.new_refresh(sub, &email, &name)
+        self.state.new_refresh(sub, &email, &name, None)
     }
 
     /// A pair for `sub` whose access token expired `expired_ago` seconds ago (valid
@@ -438,7 +473,7 @@ impl TokenService {
         );
         Pair {
             access,
-            refresh: self.state.new_refresh(sub, &email, &name),
+            refresh: self.state.new_refresh(sub, &email, &name, None),
         }
     }
 
@@ -495,8 +530,10 @@ impl State {
         self.sign(&c, secret)
     }
 
-    fn new_refresh(&self, sub: &str, email: &str, name: &str) -> String {
-        let rt = format!("rt-{:016x}-{}", self.nonce, self.next_serial());
+    /// A new refresh token: of `family` (a rotation), or the first of a new one (a login).
+    fn new_refresh(&self, sub: &str, email: &str, name: &str, family: Option<u64>) -> String {
+        let serial = self.next_serial();
+        let rt = format!("rt-{:016x}-{serial}", self.nonce);
         self.grants.lock().unwrap().insert(
             rt.clone(),
             Grant {
@@ -504,6 +541,8 @@ impl State {
                 email: email.into(),
                 name: name.into(),
                 used: false,
+                family: family.unwrap_or(serial),
+                revoked: false,
             },
         );
         rt
@@ -719,9 +758,23 @@ async fn answer(
         let grant = {
             let mut grants = st.grants.lock().unwrap();
             match grants.get_mut(&rt) {
-                Some(g) if !g.used => {
+                Some(g) if !g.used && !g.revoked => {
                     g.used = true;
                     Some(g.clone())
+                }
+                // Reuse of a rotated refresh token: with family revocation, every token
+                // of its family dies (a thief and the user can no longer both go on).
+                Some(g) if st.family_revocation.load(Ordering::SeqCst) => {
+                    let family = g.family;
+                    let mut any = false;
+                    for g in grants.values_mut().filter(|g| g.family == family) {
+                        any |= !g.revoked;
+                        g.revoked = true;
+                    }
+                    if any {
+                        st.families_revoked.fetch_add(1, Ordering::SeqCst);
+                    }
+                    None
                 }
                 // Reuse of a rotated refresh token, or one we never issued.
                 _ => None,
@@ -736,7 +789,7 @@ async fn answer(
         let access = st.access_for(&g.sub, &g.email, &g.name, HS_SECRET.as_bytes());
         let new_rt = refresh_ptr
             .as_ref()
-            .map(|_| st.new_refresh(&g.sub, &g.email, &g.name));
+            .map(|_| st.new_refresh(&g.sub, &g.email, &g.name, Some(g.family)));
         st.issued.lock().unwrap().push(Pair {
             access: access.clone(),
             refresh: new_rt.clone().unwrap_or_else(|| rt.clone()),
@@ -769,7 +822,7 @@ async fn answer(
     let access = st.access_for(&sub, &email, &name, HS_SECRET.as_bytes());
     let rt = refresh_ptr
         .as_ref()
-        .map(|_| st.new_refresh(&sub, &email, &name));
+        .map(|_| st.new_refresh(&sub, &email, &name, None));
     st.issued.lock().unwrap().push(Pair {
         access: access.clone(),
         refresh: rt.clone().unwrap_or_default(),
