@@ -146,7 +146,34 @@ async fn valid_token_reaches_backend_with_identity(kind: Kind) {
         "{kind:?}: no renewal, no pair: {:?}",
         r.headers
     );
-    assert_eq!(s.ts().calls(), 0, "{kind:?}: a valid token needs no token service");
+    assert_eq!(
+        s.ts().calls(),
+        0,
+        "{kind:?}: a valid token needs no token service"
+    );
+    // A token without email and name: the sidecar sets no x-auth-email, and the
+    // client's own must not stand in for it.
+    let auth = bearer(&hs256_with(
+        serde_json::json!({"email": null, "name": null}),
+    ));
+    let r = get(
+        &s,
+        "/api/messages",
+        &[
+            ("authorization", &auth),
+            ("x-auth-email", "mallory@evil.example"),
+            ("x-auth-name", "Mallory"),
+        ],
+    )
+    .await;
+    let e = r.ok_echo();
+    assert_eq!(e.header_all("x-auth-user-id"), vec![SUB], "{kind:?}: {e:?}");
+    for h in ["x-auth-email", "x-auth-name"] {
+        assert!(
+            e.header(h).is_none(),
+            "{kind:?}: the client's own {h} reached the backend: {e:?}"
+        );
+    }
 }
 
 async fn expired_token_and_refresh_token_give_the_client_the_new_pair(kind: Kind) {
@@ -162,7 +189,10 @@ async fn expired_token_and_refresh_token_give_the_client_the_new_pair(kind: Kind
     let e = r.ok_echo();
     assert_eq!(e.header("x-auth-user-id"), Some("carol"), "{kind:?}: {e:?}");
     assert_eq!(s.ts().refresh_calls(), 1, "{kind:?}");
-    let new = s.ts().last_issued().expect("the token service issued a pair");
+    let new = s
+        .ts()
+        .last_issued()
+        .expect("the token service issued a pair");
     assert_eq!(
         r.header("x-auth-access-token"),
         Some(new.access.as_str()),
@@ -232,7 +262,11 @@ async fn path_confusion_in_the_original_uri_is_refused(kind: Kind) {
     let r = get(&s, "/public/page", &[]).await;
     assert_eq!(r.ok_echo().path, "/public/page");
     let before = s.app.count();
-    for target in ["/public/%2fadmin", "/public/%252e%252e/admin", "/public/%2F..%2Fadmin"] {
+    for target in [
+        "/public/%2fadmin",
+        "/public/%252e%252e/admin",
+        "/public/%2F..%2Fadmin",
+    ] {
         for creds in [None, Some(auth.as_str())] {
             let h: Vec<(&str, &str)> = creds.map(|a| ("authorization", a)).into_iter().collect();
             let r = get(&s, target, &h).await;
@@ -255,18 +289,9 @@ async fn path_confusion_in_the_original_uri_is_refused(kind: Kind) {
 /// A raw backslash in the request target (sent byte for byte).
 async fn raw_backslash_is_refused(kind: Kind) {
     let s = stack(kind).await;
-    let r = raw(
-        s.front.addr,
-        &raw_req("GET", "/public/..\\admin", &[("Host", "front")]),
-    )
-    .await;
-    assert!(
-        r.status >= 400,
-        "{kind:?}: a backslash target was let through: {} {:?} {}",
-        r.status,
-        r.headers,
-        r.text()
-    );
+    let r = raw(s.front.addr, &raw_req("GET", "/public/..\\admin", &[])).await;
+    // Both proxies pass it on; the sidecar refuses it.
+    assert_refused_400(kind, &r, "backslash");
     s.assert_app_untouched("backslash");
 }
 
@@ -337,6 +362,16 @@ for_both!(
 // The decision endpoint directly: trusted and untrusted peers
 // ---------------------------------------------------------------------------
 
+/// The sidecar's 400 for the original request (not for anything else about the request).
+fn assert_original_refused(r: &Resp, what: &str) {
+    r.assert_error(400, "invalid_request");
+    let msg = r.json()["message"].as_str().unwrap_or("").to_string();
+    assert!(
+        msg.contains("original") || msg.contains("path"),
+        "{what}: refused for another reason: {msg}"
+    );
+}
+
 async fn decide(sc: &Sidecar, path: &str, headers: &[(&str, &str)]) -> Resp {
     let mut rb = client().get(sc.url(path));
     for (k, v) in headers {
@@ -362,25 +397,24 @@ async fn from_a_trusted_peer_the_original_uri_is_believed() {
                 "GET",
                 "/_auth",
                 &[
-                    ("Host", "sidecar"),
                     ("X-Original-URI", "/public/x"),
                     ("X-Original-URI", "/admin"),
                 ],
             ),
         )
         .await;
-        r.assert_error(400, "invalid_request");
-        for target in ["/public/%2fadmin", "/public/%252e%252e/admin", "/public\\..\\admin"] {
+        assert_original_refused(&r, "two X-Original-URI");
+        for target in [
+            "/public/%2fadmin",
+            "/public/%252e%252e/admin",
+            "/public\\..\\admin",
+        ] {
             let r = raw(
                 rig.sc.addr,
-                &raw_req(
-                    "GET",
-                    "/_auth",
-                    &[("Host", "sidecar"), ("X-Original-URI", target)],
-                ),
+                &raw_req("GET", "/_auth", &[("X-Original-URI", target)]),
             )
             .await;
-            assert_eq!(r.status, 400, "{target}: {:?} {}", r.headers, r.text());
+            assert_original_refused(&r, target);
         }
         assert_eq!(rig.backend.count(), 0, "the decision endpoint forwarded");
     })
@@ -415,7 +449,6 @@ async fn from_an_untrusted_peer_forged_original_uri_headers_are_ignored() {
                 "GET",
                 "/_auth/admin",
                 &[
-                    ("Host", "sidecar"),
                     ("X-Original-URI", "/public/x"),
                     ("X-Original-URI", "/public/y"),
                 ],

@@ -58,20 +58,20 @@ impl Front {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the port accepts; panics with the log if the process exits first.
-    fn wait_ready(mut self) -> Result<Front, (Front, String)> {
+    /// Waits until the port accepts; the log if the process exits first (or never listens).
+    fn wait_ready(mut self) -> Result<Front, String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 let log = self.log();
-                return Err((self, format!("exited with {status}\n--- log ---\n{log}")));
+                return Err(format!("exited with {status}\n--- log ---\n{log}"));
             }
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
                 return Ok(self);
             }
             if Instant::now() > deadline {
                 let log = self.log();
-                return Err((self, format!("not listening after {READY_TIMEOUT:?}\n{log}")));
+                return Err(format!("not listening after {READY_TIMEOUT:?}\n{log}"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -222,7 +222,7 @@ http {{
         };
         match front.wait_ready() {
             Ok(f) => return f,
-            Err((_, why)) => last = why,
+            Err(why) => last = why,
         }
     }
     panic!("nginx did not start: {last}")
@@ -267,7 +267,8 @@ fn find_envoy() -> Result<PathBuf, String> {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("envoy-venv");
     let python = venv.join("bin").join("python");
     let stamp = venv.join(".pin");
-    let where_ = "import os, envoy._bin as m; print(os.path.join(os.path.dirname(m.__file__), 'envoy'))";
+    let where_ =
+        "import os, envoy._bin as m; print(os.path.join(os.path.dirname(m.__file__), 'envoy'))";
     let locate = || -> Option<PathBuf> {
         let o = Command::new(&python).args(["-c", where_]).output().ok()?;
         o.status
@@ -297,7 +298,12 @@ fn find_envoy() -> Result<PathBuf, String> {
         ));
     }
     let o = Command::new(venv.join("bin").join("pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", ENVOY_PIN])
+        .args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            ENVOY_PIN,
+        ])
         .output()
         .map_err(|e| format!("pip install {ENVOY_PIN}: {e}"))?;
     if !o.status.success() {
@@ -361,6 +367,16 @@ pub fn envoy_conf(listen: u16, backend: SocketAddr, sidecar: SocketAddr) -> Stri
               - match: {{ prefix: "/" }}
                 route: {{ cluster: backend }}
           http_filters:
+          # A client's own identity headers go first: ext_authz replaces only those
+          # the sidecar answers (a token without an email claim sets no x-auth-email).
+          - name: envoy.filters.http.header_mutation
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+              mutations:
+                request_mutations:
+                - remove: x-auth-user-id
+                - remove: x-auth-email
+                - remove: x-auth-name
           - name: envoy.filters.http.ext_authz
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
@@ -441,7 +457,7 @@ pub fn start_envoy(backend: SocketAddr, sidecar: SocketAddr) -> Front {
         };
         match front.wait_ready() {
             Ok(f) => return f,
-            Err((_, why)) => last = why,
+            Err(why) => last = why,
         }
     }
     panic!("envoy did not start: {last}")
