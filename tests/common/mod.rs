@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod front;
 pub mod h2raw;
 pub mod http;
 pub mod lifecycle;
