@@ -36,6 +36,9 @@ pub enum ProxyError {
     /// Client: sent its request body too slowly.
     #[error("the request body arrived too slowly")]
     RequestTimeout,
+    /// Client: a cookie- or query-authenticated upgrade from an origin not allowed.
+    #[error("this origin may not open a connection here")]
+    OriginNotAllowed,
     /// Client: a valid token that lacks what the route needs.
     #[error("{0}")]
     InsufficientScope(&'static str),
@@ -69,6 +72,7 @@ impl ProxyError {
             ProxyError::RefreshRejected(_) => "refresh_rejected",
             ProxyError::InvalidRequest(_) => "invalid_request",
             ProxyError::RequestTimeout => "request_timeout",
+            ProxyError::OriginNotAllowed => "origin_not_allowed",
             ProxyError::InsufficientScope(_) => "insufficient_scope",
             ProxyError::TokenServiceUnavailable { .. } => "token_service_unavailable",
             ProxyError::TokenServiceBadResponse(_) => "token_service_bad_response",
@@ -87,7 +91,9 @@ impl ProxyError {
             | ProxyError::RefreshRejected(_) => StatusCode::UNAUTHORIZED,
             ProxyError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            ProxyError::InsufficientScope(_) | ProxyError::OriginNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
             ProxyError::TokenServiceUnavailable { .. }
             | ProxyError::KeysUnavailable
             | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,

@@ -67,16 +67,25 @@ pub fn set_session(headers: &mut HeaderMap, cfg: &ResponseTokens, s: &Session) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if cfg.cookies {
         let max_age = s.verified.exp.saturating_sub(crate::token::now_secs());
-        for (name, value, age) in [
-            (&cfg.access_cookie, &s.access_token, Some(max_age)),
-            (&cfg.refresh_cookie, &s.refresh_token, None),
+        let refresh_path = cfg.refresh_cookie_path.as_ref().unwrap_or(&cfg.cookie_path);
+        for (name, value, age, path) in [
+            (
+                &cfg.access_cookie,
+                &s.access_token,
+                Some(max_age),
+                &cfg.cookie_path,
+            ),
+            (&cfg.refresh_cookie, &s.refresh_token, None, refresh_path),
         ] {
             let mut c = format!(
-                "{name}={value}; Path={}; HttpOnly; SameSite={}",
-                cfg.cookie_path, cfg.cookie_same_site
+                "{name}={value}; Path={path}; HttpOnly; SameSite={}",
+                cfg.cookie_same_site
             );
             if cfg.cookie_secure {
                 c.push_str("; Secure");
+            }
+            if cfg.cookie_partitioned {
+                c.push_str("; Partitioned");
             }
             if value.is_empty() {
                 continue;
@@ -100,24 +109,12 @@ pub fn set_session(headers: &mut HeaderMap, cfg: &ResponseTokens, s: &Session) {
         }
     }
     // Merge with what the backend already exposes to browsers.
-    let mut expose: Vec<String> = headers
-        .get_all(header::ACCESS_CONTROL_EXPOSE_HEADERS)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect();
-    for name in [
-        cfg.access_header.as_str(),
-        cfg.refresh_header.as_str(),
-        X_AUTH_ERROR.as_str(),
-    ] {
-        if !expose.iter().any(|e| e.eq_ignore_ascii_case(name)) {
-            expose.push(name.to_string());
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(&expose.join(", ")) {
-        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
-    }
+    crate::cors::merge_expose(
+        headers,
+        &[
+            cfg.access_header.as_str(),
+            cfg.refresh_header.as_str(),
+            X_AUTH_ERROR.as_str(),
+        ],
+    );
 }

@@ -16,6 +16,7 @@
 pub(crate) mod admin;
 pub(crate) mod body;
 pub mod config;
+pub(crate) mod cors;
 pub mod credentials;
 pub mod decide;
 pub(crate) mod error;

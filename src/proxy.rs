@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::body::ProxyBody;
-use crate::config::{Config, ForwardAuth, Route, RouteMode};
+use crate::config::{Config, CorsMode, ForwardAuth, Route, RouteMode};
 use crate::credentials::{Credentials, Owned, Source};
 use crate::decide;
 use crate::error::ProxyError;
@@ -74,6 +74,10 @@ pub struct Ctx<'s> {
     /// A new pair to hand to the client.
     pub renewed: Option<Arc<Session>>,
     pub decision: Decision,
+    /// The request's `Origin`, when the CORS policy allows it.
+    pub origin: Option<HeaderValue>,
+    /// A CORS preflight (never refused for lack of a token).
+    pub preflight: bool,
 }
 
 impl Ctx<'_> {
@@ -92,6 +96,8 @@ impl Ctx<'_> {
             who: None,
             renewed: None,
             decision: Decision::Rejected,
+            origin: None,
+            preflight: false,
         }
     }
 
@@ -114,6 +120,10 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     let mut ctx = Ctx::new(&state, &parts);
+    if let Some(c) = &state.cfg.cors {
+        ctx.origin = crate::cors::allowed_origin(c, &parts.headers);
+        ctx.preflight = crate::cors::is_preflight(&parts);
+    }
     // Every line logged while handling the request carries its id (the span is at
     // error level so it exists whenever any logging is on).
     // Recorded with Display: the ids are plain tokens, and str's Debug escapes char by char.
@@ -124,16 +134,32 @@ pub async fn handle(
                 return answer_decision(&state, &mut ctx, &mut parts, &conn, fa).await;
             }
         }
+        if let Some(c) = state
+            .cfg
+            .cors
+            .as_ref()
+            .filter(|c| c.mode == CorsMode::Policy)
+        {
+            if ctx.preflight {
+                ctx.decision = Decision::Public;
+                return Ok(crate::cors::answer_preflight(c, &parts));
+            }
+        }
         decide(&state, &mut ctx, &mut parts).await?;
         let query = prepare(&state, &ctx, &mut parts);
         Ok(forward(&state, &mut ctx, parts, body, &conn, query.as_deref()).await)
     }
     .instrument(span)
     .await;
-    let resp = match result {
-        Ok(r) => r,
-        Err(e) => refuse(&mut ctx, e),
+    let (mut resp, own) = match result {
+        Ok(r) => (r, ctx.renewed.is_some()),
+        Err(e) => (refuse(&mut ctx, e), true),
     };
+    if let Some(c) = &state.cfg.cors {
+        let rt = &state.cfg.response_tokens;
+        let expose = [&rt.access_header, &rt.refresh_header];
+        crate::cors::decorate(c, ctx.origin.as_ref(), own, &expose, resp.headers_mut());
+    }
     respond(&state, &ctx, resp)
 }
 
@@ -283,8 +309,12 @@ fn route<'s>(state: &'s State, ctx: &mut Ctx<'s>, parts: &mut Parts) -> Result<(
 /// After routing: who is asking (steps 3-6 of the decision: verify, renew if expired, or
 /// refuse) and whether the route lets them.
 async fn authorize(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(), ProxyError> {
-    if ctx.mode == RouteMode::Public {
+    if ctx.mode == RouteMode::Public || ctx.preflight {
+        // A preflight carries no credentials: the backend answers it (forward mode).
         ctx.decision = Decision::Public;
+        if ctx.preflight {
+            return Ok(());
+        }
     } else {
         identify(state, ctx, parts).await?;
     }
@@ -311,6 +341,7 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
         return Err(ProxyError::MissingToken);
     };
     ctx.source = Some(cred.source);
+    check_upgrade_origin(state, ctx, cred.source)?;
     if let Some(intro) = &state.introspector {
         // Opaque (non-JWT) tokens are checked with the token service.
         if cred.token.bytes().filter(|b| *b == b'.').count() != 2 {
@@ -343,6 +374,24 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
             let s = state.lifecycle.renew(Some(old), refresh, app_token).await?;
             ctx.renewed(s);
         }
+    }
+    Ok(())
+}
+
+/// Cross-site WebSocket hijacking: an upgrade that a browser authenticates by itself (a
+/// cookie, a query parameter in a link) must come from an allowed origin; header-carried
+/// tokens opt in (`cors.websocket_origin_check_all`).
+fn check_upgrade_origin(state: &State, ctx: &Ctx<'_>, source: Source) -> Result<(), ProxyError> {
+    let Some(c) = &state.cfg.cors else {
+        return Ok(());
+    };
+    let ambient = matches!(source, Source::Cookie | Source::Query);
+    if ctx.upgrade
+        && !c.allowed_origins.is_empty()
+        && (ambient || c.websocket_origin_check_all)
+        && ctx.origin.is_none()
+    {
+        return Err(ProxyError::OriginNotAllowed);
     }
     Ok(())
 }

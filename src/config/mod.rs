@@ -10,6 +10,7 @@
 
 mod auth;
 mod backend;
+mod cors;
 mod forward_auth;
 mod identity;
 mod lifecycle;
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::{Auth, Jwks, JwksFile, PublicKey};
 pub use backend::{Backend, ClientTls};
+pub use cors::{Cors, CorsMode};
 pub use forward_auth::ForwardAuth;
 pub use identity::Identity;
 pub use lifecycle::{ApiKey, AppIdentity, ClientCredentials, Initiate, Introspection, Refresh};
@@ -90,6 +92,9 @@ pub struct Config {
     /// Redis shared by the replicas, so each refresh and initiate is made once across
     /// them; unset = each replica on its own.
     pub shared_store: Option<SharedStore>,
+    /// Browsers on other origins: preflights and CORS headers; unset = no CORS handling
+    /// (preflights need a token like any request).
+    pub cors: Option<Cors>,
     /// A decision endpoint for a front proxy (nginx `auth_request`, Envoy `ext_authz`,
     /// Traefik `ForwardAuth`); unset = none.
     pub forward_auth: Option<ForwardAuth>,
@@ -203,6 +208,9 @@ impl Config {
         }
         if let Some(f) = &mut self.forward_auth {
             f.validate(c);
+        }
+        if let Some(x) = &mut self.cors {
+            x.validate(c);
         }
         if self.app_identity.is_some() && self.initiate.is_none() {
             c.fail("app_identity: needs an [initiate] section to start sessions with".into());

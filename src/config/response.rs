@@ -32,6 +32,11 @@ pub struct ResponseTokens {
     pub cookie_secure: bool,
     /// `Path` attribute of the cookies.
     pub cookie_path: String,
+    /// `Path` of the refresh cookie alone (e.g. the API prefix that refreshes); unset =
+    /// `cookie_path`.
+    pub refresh_cookie_path: Option<String>,
+    /// `Partitioned` (CHIPS) on the cookies, for a cross-site embed; needs `Secure`.
+    pub cookie_partitioned: bool,
 }
 
 impl Default for ResponseTokens {
@@ -45,6 +50,8 @@ impl Default for ResponseTokens {
             cookie_same_site: "Lax".into(),
             cookie_secure: true,
             cookie_path: "/".into(),
+            refresh_cookie_path: None,
+            cookie_partitioned: false,
         }
     }
 }
@@ -53,6 +60,12 @@ impl ResponseTokens {
     pub(super) fn validate(&self, c: &mut Checker<'_>) {
         if !matches!(self.cookie_same_site.as_str(), "Strict" | "Lax" | "None") {
             c.fail("response_tokens.cookie_same_site: must be Strict, Lax or None".into());
+        }
+        if self.cookies && self.cookie_same_site == "None" && !self.cookie_secure {
+            c.fail("response_tokens.cookie_same_site: None needs cookie_secure = true".into());
+        }
+        if self.cookie_partitioned && !self.cookie_secure {
+            c.fail("response_tokens.cookie_partitioned: needs cookie_secure = true".into());
         }
     }
 }
