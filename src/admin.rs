@@ -99,6 +99,17 @@ async fn route(
             }
             None => text(StatusCode::NOT_FOUND, "metrics recorder not installed\n"),
         },
+        "/.well-known/jwks.json" => match &state.load().assertion {
+            Some(a) => {
+                let mut r = text(StatusCode::OK, &a.jwks());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/jwk-set+json"),
+                );
+                r
+            }
+            None => text(StatusCode::NOT_FOUND, "no assertion key configured\n"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

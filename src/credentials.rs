@@ -40,6 +40,7 @@ impl Credentials {
             .collect();
         extra.extend(refresh_header.iter().cloned());
         extra.extend(app_header.iter().cloned());
+        extra.extend(cfg.assertion.as_ref().map(|a| a.header.clone()));
         Credentials {
             auth: cfg.auth.clone(),
             refresh_cookie: cfg.refresh.as_ref().and_then(|r| r.cookie.clone()),

@@ -14,6 +14,7 @@
 
 // Public: used by the binary, tests, benchmarks or fuzz targets. The rest is internal.
 pub(crate) mod admin;
+pub(crate) mod assertion;
 pub(crate) mod body;
 pub mod config;
 pub(crate) mod cors;
@@ -104,7 +105,14 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
         .introspection
         .clone()
         .map(|i| token::Introspector::new(i, http.clone(), identity, lifecycle.retry_after()));
+    let assertion = match &cfg.assertion {
+        Some(a) => Some(Arc::new(
+            assertion::Signer::new(a, &cfg.identity).map_err(|e| vec![e])?,
+        )),
+        None => None,
+    };
     Ok(State {
+        assertion,
         credentials: credentials::Credentials::new(&cfg),
         forwarder: forward::Forwarder::new(&cfg.backend, tls),
         cfg: Arc::new(cfg),
@@ -325,6 +333,9 @@ fn reload_config(path: &Path, state: &ArcSwap<State>, m: &metrics::Metrics) {
         Ok(s) => {
             if let (Some(new), Some(prev)) = (&s.jwks, &old.jwks) {
                 new.inherit(prev, &s.verifier);
+            }
+            if let (Some(new), Some(prev)) = (&s.assertion, &old.assertion) {
+                new.inherit(prev);
             }
             start_background(&s);
             state.store(Arc::new(s));

@@ -33,6 +33,7 @@ pub struct State {
     pub metrics: Metrics,
     pub jwks: Option<Arc<JwksRemote>>,
     pub introspector: Option<Arc<Introspector>>,
+    pub assertion: Option<Arc<crate::assertion::Signer>>,
 }
 
 /// Facts about the connection a request came in on.
@@ -401,6 +402,9 @@ fn check_upgrade_origin(state: &State, ctx: &Ctx<'_>, source: Source) -> Result<
 fn prepare(state: &State, ctx: &Ctx<'_>, parts: &mut Parts) -> Option<String> {
     if let Some(who) = &ctx.who {
         inject::set_identity(&mut parts.headers, who);
+        if let Some(a) = &state.assertion {
+            a.set(&mut parts.headers, who);
+        }
     }
     let renewed = ctx.renewed.as_ref().map(|s| s.access_token.as_str());
     let query = state.credentials.remove_for_backend(

@@ -8,6 +8,7 @@
 //! A key is added in one file: the field with its doc, its default in the `Default`
 //! impl next to it, and a check in that file's `validate` when serde cannot express it.
 
+mod assertion;
 mod auth;
 mod backend;
 mod cors;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use assertion::Assertion;
 pub use auth::{Auth, Jwks, JwksFile, PublicKey};
 pub use backend::{Backend, ClientTls};
 pub use cors::{Cors, CorsMode};
@@ -92,6 +94,8 @@ pub struct Config {
     /// Redis shared by the replicas, so each refresh and initiate is made once across
     /// them; unset = each replica on its own.
     pub shared_store: Option<SharedStore>,
+    /// A short-lived JWT signed by the sidecar for the backend; unset = none.
+    pub assertion: Option<Assertion>,
     /// Browsers on other origins: preflights and CORS headers; unset = no CORS handling
     /// (preflights need a token like any request).
     pub cors: Option<Cors>,
@@ -212,6 +216,9 @@ impl Config {
         if let Some(x) = &mut self.cors {
             x.validate(c);
         }
+        if let Some(a) = &mut self.assertion {
+            a.validate(c);
+        }
         if self.app_identity.is_some() && self.initiate.is_none() {
             c.fail("app_identity: needs an [initiate] section to start sessions with".into());
         }
@@ -258,6 +265,9 @@ impl Config {
         }
         if let Some(i) = &mut self.introspection {
             i.client_secret.iter_mut().for_each(fix_secret);
+        }
+        if let Some(a) = &mut self.assertion {
+            fix_secret(&mut a.key);
         }
         if let Some(st) = &mut self.shared_store {
             fix_secret(&mut st.secret);
