@@ -155,13 +155,18 @@ impl World {
     /// Whether `[start, end]` overlaps a window of one of `faults` (extended by GRACE).
     fn during(&self, faults: &[Fault], start: Instant, end: Instant) -> bool {
         self.windows.lock().unwrap().iter().any(|w| {
-            faults.contains(&w.fault)
-                && start <= w.end.map_or(end, |e| e + GRACE)
-                && end >= w.start
+            faults.contains(&w.fault) && start <= w.end.map_or(end, |e| e + GRACE) && end >= w.start
         })
     }
 
-    fn record(&self, kind: Kind, start: Instant, status: u16, code: Option<String>, detail: String) {
+    fn record(
+        &self,
+        kind: Kind,
+        start: Instant,
+        status: u16,
+        code: Option<String>,
+        detail: String,
+    ) {
         self.outcomes.lock().unwrap().push(Outcome {
             kind,
             start,
@@ -214,8 +219,7 @@ struct Keys {
 impl Keys {
     fn load() -> Keys {
         let doc: Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture("jwks.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(fixture("jwks.json")).unwrap()).unwrap();
         let rs1 = doc["keys"]
             .as_array()
             .unwrap()
@@ -492,7 +496,12 @@ async fn sse_load(w: Arc<World>, keys: Arc<Keys>, sc_url: String) {
         n += 1;
         let tok = keys.token(w.signing_gen.load(Ordering::SeqCst), &format!("sse{n}"));
         let start = Instant::now();
-        match c.get(format!("{sc_url}/sse")).bearer_auth(&tok).send().await {
+        match c
+            .get(format!("{sc_url}/sse"))
+            .bearer_auth(&tok)
+            .send()
+            .await
+        {
             Err(e) => w.record(Kind::Sse, start, 0, None, format!("send: {e}")),
             Ok(r) if r.status() != 200 => {
                 let r = try_send_done(r).await;
@@ -534,7 +543,12 @@ async fn try_send_done(r: reqwest::Response) -> Result<Resp, String> {
     let headers = r
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into(),
+            )
+        })
         .collect();
     let body = r.bytes().await.map_err(|e| format!("body: {e}"))?.to_vec();
     Ok(Resp {
@@ -678,12 +692,18 @@ async fn jwks_cycler(w: Arc<World>, jwks: Arc<JwksServer>, keys: Arc<Keys>) {
     jwks.set_failing(None);
 }
 
-/// Rewrites the config (a harmless comment changes) and sends SIGHUP, every 3 s.
+/// Rewrites the config (a harmless comment changes, the mtime is kept) and sends
+/// SIGHUP, every 3 s.
 async fn reloader(w: Arc<World>, path: std::path::PathBuf, base: String, pid: u32) {
     let mut n = 0u64;
     while w.pause(RELOAD_EVERY).await {
         n += 1;
+        // The mtime is put back, so the reload comes from the signal, not the watcher.
+        let before = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
         std::fs::write(&path, format!("{base}\n# soak reload {n}\n")).expect("rewrite config");
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_modified(before).unwrap();
+        drop(f);
         let st = std::process::Command::new("kill")
             .args(["-HUP", &pid.to_string()])
             .status()
@@ -757,15 +777,41 @@ async fn soak(secs: u64) {
 
     let mut load = Vec::new();
     for id in 0..2 {
-        load.push(tokio::spawn(valid_load(w.clone(), keys.clone(), url.clone(), id)));
-        load.push(tokio::spawn(refresh_load(w.clone(), ts.clone(), url.clone(), id)));
+        load.push(tokio::spawn(valid_load(
+            w.clone(),
+            keys.clone(),
+            url.clone(),
+            id,
+        )));
+        load.push(tokio::spawn(refresh_load(
+            w.clone(),
+            ts.clone(),
+            url.clone(),
+            id,
+        )));
     }
-    load.push(tokio::spawn(garbage_load(w.clone(), keys.clone(), url.clone())));
-    load.push(tokio::spawn(ws_load(w.clone(), keys.clone(), sc.ws_url("/ws"))));
+    load.push(tokio::spawn(garbage_load(
+        w.clone(),
+        keys.clone(),
+        url.clone(),
+    )));
+    load.push(tokio::spawn(ws_load(
+        w.clone(),
+        keys.clone(),
+        sc.ws_url("/ws"),
+    )));
     load.push(tokio::spawn(sse_load(w.clone(), keys.clone(), url.clone())));
-    load.push(tokio::spawn(upload_load(w.clone(), keys.clone(), url.clone())));
+    load.push(tokio::spawn(upload_load(
+        w.clone(),
+        keys.clone(),
+        url.clone(),
+    )));
     load.push(tokio::spawn(ts_cycler(w.clone(), ts.clone())));
-    load.push(tokio::spawn(jwks_cycler(w.clone(), jwks.clone(), keys.clone())));
+    load.push(tokio::spawn(jwks_cycler(
+        w.clone(),
+        jwks.clone(),
+        keys.clone(),
+    )));
     load.push(tokio::spawn(reloader(
         w.clone(),
         sc.dir.path().join("config.toml"),
@@ -905,8 +951,14 @@ async fn soak(secs: u64) {
     let panicked = logs.to_ascii_lowercase().contains("panick");
 
     // -- summary ---------------------------------------------------------------------
-    println!("\n=== soak: {secs} s, {} requests ({in_fault} overlapping a fault window) ===", outcomes.len());
-    println!("{:<8} {:>6} {:<28} {:>8}", "kind", "status", "x-auth-error", "count");
+    println!(
+        "\n=== soak: {secs} s, {} requests ({in_fault} overlapping a fault window) ===",
+        outcomes.len()
+    );
+    println!(
+        "{:<8} {:>6} {:<28} {:>8}",
+        "kind", "status", "x-auth-error", "count"
+    );
     for ((k, s, c), n) in &table {
         println!("{:<8} {:>6} {:<28} {:>8}", format!("{k:?}"), s, c, n);
     }
@@ -962,7 +1014,12 @@ async fn soak(secs: u64) {
         problems.push(format!(
             "{} unexpected outcomes (first 40):\n  {}",
             failures.len(),
-            failures.iter().take(40).cloned().collect::<Vec<_>>().join("\n  ")
+            failures
+                .iter()
+                .take(40)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n  ")
         ));
     }
     if !lost_real.is_empty() {
@@ -978,7 +1035,9 @@ async fn soak(secs: u64) {
         ));
     }
     if rss_slope >= RSS_SLOPE_KIB_S {
-        problems.push(format!("RSS grows: {rss_slope:.1} KiB/s over the second half"));
+        problems.push(format!(
+            "RSS grows: {rss_slope:.1} KiB/s over the second half"
+        ));
     }
     if fd_slope >= FD_SLOPE_S || last.2 >= FD_MAX {
         problems.push(format!(
@@ -1006,11 +1065,25 @@ async fn soak(secs: u64) {
     }
     // The run must really have exercised every part.
     for (what, n) in [
-        ("refresh 200s", table.iter().filter(|((k, s, _), _)| *k == Kind::Refresh && *s == 200).map(|(_, n)| n).sum::<usize>()),
+        (
+            "refresh 200s",
+            table
+                .iter()
+                .filter(|((k, s, _), _)| *k == Kind::Refresh && *s == 200)
+                .map(|(_, n)| n)
+                .sum::<usize>(),
+        ),
         ("token-service cycles", w.ts_cycles.load(Ordering::SeqCst)),
         ("JWKS rotations", w.rotations.load(Ordering::SeqCst)),
         ("backend restarts", w.restarts.load(Ordering::SeqCst)),
-        ("WebSocket echoes", table.iter().filter(|((k, s, _), _)| *k == Kind::Ws && *s == 101).map(|(_, n)| n).sum()),
+        (
+            "WebSocket echoes",
+            table
+                .iter()
+                .filter(|((k, s, _), _)| *k == Kind::Ws && *s == 101)
+                .map(|(_, n)| n)
+                .sum(),
+        ),
     ] {
         if n == 0 {
             problems.push(format!("no {what} during the run"));
