@@ -768,6 +768,22 @@ async fn soak(secs: u64) {
         })
         .start()
         .await;
+    // The JWKS is fetched before /readyz says ready, not before the `listening` line:
+    // until then a valid token is 503 keys_unavailable (documented), so wait.
+    let admin = soak_client();
+    let t = Instant::now();
+    loop {
+        let r = admin.get(sc.admin_url("/readyz")).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "not ready within 10 s\n{}",
+            sc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let ts = Arc::new(ts);
     let jwks = Arc::new(jwks);
     let pid = sc.pid().expect("sidecar pid");
