@@ -27,7 +27,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::AbortHandle;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -89,6 +90,16 @@ struct State {
     count: AtomicUsize,
     seen: Mutex<Vec<Echo>>,
     ws_messages: AtomicUsize,
+    /// Connection and tunnel tasks, so [`Backend::kill`] can end them all.
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl State {
+    fn track(&self, h: AbortHandle) {
+        let mut t = self.tasks.lock().unwrap();
+        t.retain(|a| !a.is_finished());
+        t.push(h);
+    }
 }
 
 /// A running test backend; the accept loop stops on Drop.
@@ -116,10 +127,43 @@ impl Backend {
         Self::start_serving(true).await
     }
 
+    /// The HTTP/1.1 backend on a fixed address (SO_REUSEADDR), e.g. the address of a
+    /// backend that was [`kill`](Self::kill)ed: a restart on the same port. Retries the
+    /// bind for up to 2 s.
+    pub async fn start_on(addr: SocketAddr) -> Backend {
+        let mut last = None;
+        for _ in 0..100 {
+            let bound = TcpSocket::new_v4().and_then(|s| {
+                s.set_reuseaddr(true)?;
+                s.bind(addr)?;
+                s.listen(1024)
+            });
+            match bound {
+                Ok(l) => return Self::serve(l, false),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("cannot listen on {addr} again: {last:?}");
+    }
+
+    /// Stops like a killed process: the listener closes and every open connection
+    /// (keep-alive, streaming response, WebSocket tunnel) is dropped.
+    pub fn kill(self) {
+        self.task.abort();
+        for t in self.state.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
     async fn start_serving(h2: bool) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
+        Self::serve(listener, h2)
+    }
+
+    fn serve(listener: TcpListener, h2: bool) -> Backend {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         let st = state.clone();
@@ -129,7 +173,8 @@ impl Backend {
                     continue;
                 };
                 let st = st.clone();
-                tokio::spawn(async move {
+                let st2 = st.clone();
+                let h = tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
                     if h2 {
                         let _ = hyper::server::conn::http2::Builder::new(
@@ -144,6 +189,7 @@ impl Backend {
                         .with_upgrades()
                         .await;
                 });
+                st2.track(h.abort_handle());
             }
         });
         Backend { addr, state, task }
@@ -351,7 +397,7 @@ async fn handle(
                 });
             let on_upgrade = hyper::upgrade::on(&mut req);
             let st2 = st.clone();
-            tokio::spawn(async move {
+            let tunnel = tokio::spawn(async move {
                 let Ok(upgraded) = on_upgrade.await else {
                     return;
                 };
@@ -374,6 +420,7 @@ async fn handle(
                     }
                 }
             });
+            st.track(tunnel.abort_handle());
             let accept =
                 tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
             let mut b = Response::builder()

@@ -212,6 +212,8 @@ async fn handle(
 struct JwksDoc {
     keys: Vec<Value>,
     max_age: Option<u64>,
+    /// Answer this status with an error body instead of the key set.
+    failing: Option<u16>,
 }
 
 /// A JWKS endpoint (`/jwks.json`) that counts fetches and whose key set and
@@ -226,10 +228,14 @@ impl JwksServer {
         let doc = Arc::new(Mutex::new(JwksDoc {
             keys,
             max_age: None,
+            failing: None,
         }));
         let d = doc.clone();
         let server = MockServer::start(Arc::new(move |_req: &Req| {
             let d = d.lock().unwrap();
+            if let Some(status) = d.failing {
+                return Answer::json(status, &json!({"error": "jwks_failing"}));
+            }
             let mut a = Answer::json(200, &json!({ "keys": d.keys }));
             if let Some(m) = d.max_age {
                 a = a.with_header("cache-control", &format!("public, max-age={m}"));
@@ -255,6 +261,12 @@ impl JwksServer {
 
     pub fn set_down(&self, down: bool) {
         self.server.set_down(down);
+    }
+
+    /// `Some(status)`: every fetch is answered with that status and an error body (the
+    /// answer still counts in [`fetches`](Self::fetches)); `None`: the key set again.
+    pub fn set_failing(&self, status: Option<u16>) {
+        self.doc.lock().unwrap().failing = status;
     }
 
     /// Successful fetches (answered with the key set).
