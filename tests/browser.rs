@@ -50,7 +50,8 @@ async fn page_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
-                let body = "<!doctype html><html><head><title>page</title></head><body>page</body></html>";
+                let body =
+                    "<!doctype html><html><head><title>page</title></head><body>page</body></html>";
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -81,7 +82,9 @@ impl Driver {
     async fn start() -> Result<Driver, String> {
         for bin in [CHROMIUM, CHROMEDRIVER] {
             if !std::path::Path::new(bin).exists() {
-                return Err(format!("{bin} is not installed (apt-get install chromium chromium-driver)"));
+                return Err(format!(
+                    "{bin} is not installed (apt-get install chromium chromium-driver)"
+                ));
             }
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -126,7 +129,12 @@ impl Driver {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Result<Value, String> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, String> {
         let r = self
             .http
             .request(method, format!("{}{}", self.base, path))
@@ -135,7 +143,10 @@ impl Driver {
             .await
             .map_err(|e| format!("webdriver {path}: {e}"))?;
         let status = r.status();
-        let v: Value = r.json().await.map_err(|e| format!("webdriver {path}: {e}"))?;
+        let v: Value = r
+            .json()
+            .await
+            .map_err(|e| format!("webdriver {path}: {e}"))?;
         if !status.is_success() {
             return Err(format!("webdriver {path}: {status} {v}"));
         }
@@ -198,7 +209,11 @@ impl Driver {
 
     async fn close(&self, id: &str) {
         let _ = self
-            .call(reqwest::Method::DELETE, &format!("/session/{id}"), json!({}))
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/session/{id}"),
+                json!({}),
+            )
             .await;
     }
 }
@@ -349,7 +364,8 @@ async fn a_page_on_another_site_uses_the_sidecar() {
         let tok = valid_for("alice");
         let old_a = a.ts.expired_pair("alice");
         let old_b = b.ts.expired_pair("bob");
-        let pair = |p: &common::token_service::Pair| json!({"access": p.access, "refresh": p.refresh});
+        let pair =
+            |p: &common::token_service::Pair| json!({"access": p.access, "refresh": p.refresh});
 
         let run = async {
             driver.goto(&session, &format!("{page}/app")).await?;
@@ -379,15 +395,24 @@ async fn a_page_on_another_site_uses_the_sidecar() {
 
         // A fetch with Authorization passed its preflight and reached the backend as alice.
         assert_eq!(seen["bearer"]["status"], 200, "{seen:#}");
-        assert_eq!(echoed(&seen["bearer"]["body"], "x-auth-user-id"), Some("alice"));
-        assert_eq!(echoed(&seen["bearer"]["body"], "origin"), Some(page.as_str()));
+        assert_eq!(
+            echoed(&seen["bearer"]["body"], "x-auth-user-id"),
+            Some("alice")
+        );
+        assert_eq!(
+            echoed(&seen["bearer"]["body"], "origin"),
+            Some(page.as_str())
+        );
 
         // Expired token + refresh token: the new pair is readable from JavaScript.
         let issued = a.ts.last_issued().expect("A renewed a pair");
         assert_eq!(seen["renewed"]["status"], 200, "{seen:#}");
         assert_eq!(seen["renewed"]["access"], issued.access.as_str());
         assert_eq!(seen["renewed"]["refresh"], issued.refresh.as_str());
-        assert_eq!(echoed(&seen["renewed"]["body"], "x-auth-user-id"), Some("alice"));
+        assert_eq!(
+            echoed(&seen["renewed"]["body"], "x-auth-user-id"),
+            Some("alice")
+        );
 
         // The sidecar's 401s expose X-Auth-Error (and the JSON body) to the page.
         assert_eq!(seen["unauthorized"]["status"], 401, "{seen:#}");
@@ -398,14 +423,35 @@ async fn a_page_on_another_site_uses_the_sidecar() {
 
         // Cookie mode with credentials: "include".
         assert_eq!(seen["cookieLogin"]["status"], 200, "{seen:#}");
-        assert_eq!(echoed(&seen["cookieLogin"]["body"], "x-auth-user-id"), Some("bob"));
-        assert_eq!(seen["cookieLogin"]["accessHeader"], Value::Null, "cookie mode: no token header");
-        assert_eq!(seen["cookie"]["status"], 200, "cookies sent back cross-site: {seen:#}");
-        assert_eq!(echoed(&seen["cookie"]["body"], "x-auth-user-id"), Some("bob"));
-        assert_eq!(echoed(&seen["cookie"]["body"], "cookie"), None, "the backend never sees them");
+        assert_eq!(
+            echoed(&seen["cookieLogin"]["body"], "x-auth-user-id"),
+            Some("bob")
+        );
+        assert_eq!(
+            seen["cookieLogin"]["accessHeader"],
+            Value::Null,
+            "cookie mode: no token header"
+        );
+        assert_eq!(
+            seen["cookie"]["status"], 200,
+            "cookies sent back cross-site: {seen:#}"
+        );
+        assert_eq!(
+            echoed(&seen["cookie"]["body"], "x-auth-user-id"),
+            Some("bob")
+        );
+        assert!(
+            !echoed(&seen["cookie"]["body"], "cookie")
+                .unwrap_or("")
+                .contains("refresh_token="),
+            "the backend never sees the refresh cookie: {seen:#}"
+        );
         assert_eq!(seen["cookieOmitted"]["status"], 401);
         assert_eq!(seen["cookieOmitted"]["error"], "missing_token");
-        assert_eq!(seen["documentCookie"], "", "HttpOnly cookies are not readable by the page");
+        assert_eq!(
+            seen["documentCookie"], "",
+            "HttpOnly cookies are not readable by the page"
+        );
         assert_eq!(b.ts.refresh_calls(), 1, "one renewal, then the cookies");
 
         // WebSockets from the allowed origin: the token in Sec-WebSocket-Protocol, and
@@ -420,7 +466,9 @@ async fn a_page_on_another_site_uses_the_sidecar() {
         // WebSockets (protocol token: websocket_origin_check_all; cookie: always) never
         // open.
         assert!(
-            evil["fetch"]["thrown"].as_str().is_some_and(|t| t.contains("TypeError")),
+            evil["fetch"]["thrown"]
+                .as_str()
+                .is_some_and(|t| t.contains("TypeError")),
             "{evil:#}"
         );
         for k in ["wsProtocol", "wsCookie"] {
@@ -429,9 +477,16 @@ async fn a_page_on_another_site_uses_the_sidecar() {
         }
         let a_ws = a.backend.seen().iter().filter(|e| e.path == "/ws").count();
         let b_ws = b.backend.seen().iter().filter(|e| e.path == "/ws").count();
-        assert_eq!((a_ws, b_ws), (1, 1), "only the allowed page's tunnels reached the backends");
+        assert_eq!(
+            (a_ws, b_ws),
+            (1, 1),
+            "only the allowed page's tunnels reached the backends"
+        );
         for logs in [a.sc.logs(), b.sc.logs()] {
-            assert!(logs.contains("origin_not_allowed"), "refused for its origin: {logs}");
+            assert!(
+                logs.contains("origin_not_allowed"),
+                "refused for its origin: {logs}"
+            );
         }
     })
     .await
