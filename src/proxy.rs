@@ -79,6 +79,8 @@ pub struct Ctx<'s> {
     pub origin: Option<HeaderValue>,
     /// A CORS preflight (never refused for lack of a token).
     pub preflight: bool,
+    /// The sidecar's refusal code, for the access log.
+    pub error: Option<&'static str>,
 }
 
 impl Ctx<'_> {
@@ -99,6 +101,7 @@ impl Ctx<'_> {
             decision: Decision::Rejected,
             origin: None,
             preflight: false,
+            error: None,
         }
     }
 
@@ -156,7 +159,13 @@ pub async fn handle(
         Ok(r) => (r, ctx.renewed.is_some()),
         Err(e) => (refuse(&mut ctx, e), true),
     };
-    if let Some(c) = &state.cfg.cors {
+    // A policy-mode preflight was answered whole by `cors::answer_preflight`.
+    if let Some(c) = state
+        .cfg
+        .cors
+        .as_ref()
+        .filter(|c| !(ctx.preflight && c.mode == CorsMode::Policy))
+    {
         let rt = &state.cfg.response_tokens;
         let expose = [&rt.access_header, &rt.refresh_header];
         crate::cors::decorate(c, ctx.origin.as_ref(), own, &expose, resp.headers_mut());
@@ -470,6 +479,7 @@ fn refuse(ctx: &mut Ctx<'_>, e: ProxyError) -> Response<ProxyBody> {
         Decision::Rejected
     };
     tracing::debug!(code = e.code(), reason = %e, "request refused");
+    ctx.error = Some(e.code());
     // A refused request is logged without a user, even when its token verified.
     ctx.who = None;
     e.into_response()
@@ -491,6 +501,7 @@ fn respond(state: &State, ctx: &Ctx<'_>, mut resp: Response<ProxyBody>) -> Respo
         status,
         latency_us = ctx.started.elapsed().as_micros() as u64,
         decision = ctx.decision.as_str(),
+        error = ctx.error.unwrap_or("-"),
         user = ctx.who.as_ref().map(|u| u.sub.as_str()).unwrap_or("-"),
     );
     resp

@@ -353,7 +353,7 @@ async fn a_page_on_another_site_uses_the_sidecar() {
                     .tokens("cookies", "true")
                     .tokens("cookie_same_site", "\"None\"")
                     .tokens("cookie_secure", "true")
-                    .tokens("cookie_partitioned", "false")
+                    .tokens("cookie_partitioned", "true")
                     .tokens("refresh_cookie_path", "\"/api\"");
             })
             .cfg(move |c| c.auth("cookie", "\"access_token\"").extra(&text))
