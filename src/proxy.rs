@@ -442,7 +442,10 @@ async fn forward(
 ) -> Response<ProxyBody> {
     let tunnel_deadline = match (&ctx.who, state.cfg.server.upgrade_token_grace) {
         (Some(who), Some(grace)) if ctx.upgrade => {
-            Some(UNIX_EPOCH + Duration::from_secs(who.exp) + grace)
+            // None (no deadline) when `exp` is beyond what a SystemTime can hold.
+            UNIX_EPOCH
+                .checked_add(Duration::from_secs(who.exp))
+                .and_then(|t| t.checked_add(grace))
         }
         _ => None,
     };

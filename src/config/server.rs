@@ -98,6 +98,15 @@ pub struct Tls {
 
 impl Server {
     pub(super) fn validate(&self, c: &mut Checker<'_>) {
+        let day = Duration::from_secs(86_400);
+        for (key, d) in [
+            ("server.body_read_timeout", self.body_read_timeout),
+            ("server.write_stall_timeout", self.write_stall_timeout),
+        ] {
+            if d.is_zero() || d > day {
+                c.fail(format!("{key}: must be between 1ms and 1d"));
+            }
+        }
         if self.worker_threads == 0 || self.worker_threads > 256 {
             c.fail("server.worker_threads: must be between 1 and 256".into());
         }

@@ -104,6 +104,17 @@ impl SharedStore {
         if self.lease < Duration::from_millis(300) {
             c.fail("shared_store.lease: must be at least 300ms".into());
         }
+        let hour = Duration::from_secs(3600);
+        for (key, d) in [
+            ("shared_store.operation_timeout", self.operation_timeout),
+            ("shared_store.lease", self.lease),
+            ("shared_store.wait_timeout", self.wait_timeout),
+            ("shared_store.backoff", self.backoff),
+        ] {
+            if d > hour {
+                c.fail(format!("{key}: must be at most 1h"));
+            }
+        }
         if self.wait_timeout <= self.lease {
             c.fail("shared_store.wait_timeout: must be longer than shared_store.lease".into());
         }

@@ -363,7 +363,8 @@ impl Verifier {
             .project
             .project(&sub, &claims)
             .map_err(VerifyError::Invalid)?;
-        let expired = now > exp + self.leeway;
+        // Saturating: a signed `exp` may be any NumericDate, 1e300 included.
+        let expired = now > exp.saturating_add(self.leeway);
         if !expired {
             // A valid token is cached until it expires: keep only the claims route rules
             // read (its identity headers are built). An expired one keeps all of them, for
