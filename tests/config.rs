@@ -295,3 +295,12 @@ fn every_key_in_config_toml_is_a_documented_key_and_it_loads() {
     let cfg = Config::load(&path, &e).unwrap_or_else(|e| panic!("config.toml: {e}"));
     assert!(cfg.admin.listen.is_some());
 }
+
+#[test]
+fn durations_write_back_as_they_read() {
+    use auth_sidecar::config::types::format_duration;
+    for s in ["250ms", "30s", "90s", "5m", "2h", "7d", "0s", "1500ms"] {
+        assert_eq!(format_duration(parse_duration(s).unwrap()), s);
+    }
+    assert_eq!(format_duration(parse_duration("60s").unwrap()), "1m");
+}

@@ -14,6 +14,8 @@ use crate::token::verify::Verdict;
 
 /// A call and where its answer keeps the tokens.
 pub(super) struct Exchange<'a> {
+    /// `refresh` or `initiate`: labels the call's metrics.
+    pub kind: &'static str,
     pub call: Call,
     pub access_ptr: &'a str,
     pub refresh_ptr: &'a str,
@@ -25,7 +27,15 @@ pub(super) struct Exchange<'a> {
 }
 
 impl Lifecycle {
+    /// The exchange, timed and counted.
     pub(super) async fn exchange(&self, x: Exchange<'_>) -> Result<Arc<Session>, RenewError> {
+        let (kind, started) = (x.kind, std::time::Instant::now());
+        let result = self.exchange_once(x).await;
+        record(kind, &result, started);
+        result
+    }
+
+    async fn exchange_once(&self, x: Exchange<'_>) -> Result<Arc<Session>, RenewError> {
         const REJECTED: RenewError = RenewError::Rejected("the token service refused");
         let answer = match self.http.call(x.call).await {
             Ok(a) => a,
@@ -126,7 +136,7 @@ pub(super) fn escape(s: &str, json: bool) -> String {
     }
 }
 
-pub(super) fn record(
+fn record(
     call: &'static str,
     result: &Result<Arc<Session>, RenewError>,
     started: std::time::Instant,

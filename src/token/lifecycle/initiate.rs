@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method};
 
-use super::exchange::{escape, record, sensitive, Exchange};
+use super::exchange::{escape, sensitive, Exchange};
 use super::flight::single_flight;
 use super::{Lifecycle, RenewError, Session};
 use crate::token::call::Call;
@@ -145,18 +145,15 @@ impl Lifecycle {
             timeout: cfg.timeout,
             max_response_bytes: cfg.max_response_bytes,
         };
-        let started = std::time::Instant::now();
-        let result = self
-            .exchange(Exchange {
-                call,
-                access_ptr: &cfg.access_token_pointer,
-                refresh_ptr: &cfg.refresh_token_pointer,
-                old_refresh: None,
-                initiated: true,
-                budget: &self.initiate_budget,
-            })
-            .await;
-        record("initiate", &result, started);
-        result
+        self.exchange(Exchange {
+            kind: "initiate",
+            call,
+            access_ptr: &cfg.access_token_pointer,
+            refresh_ptr: &cfg.refresh_token_pointer,
+            old_refresh: None,
+            initiated: true,
+            budget: &self.initiate_budget,
+        })
+        .await
     }
 }

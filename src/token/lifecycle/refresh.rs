@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::HeaderValue;
 
-use super::exchange::{escape, record, sensitive, Exchange};
+use super::exchange::{escape, sensitive, Exchange};
 use super::flight::single_flight;
 use super::{Lifecycle, RenewError, Session};
 use crate::token::cache::hash_token;
@@ -101,18 +101,15 @@ impl Lifecycle {
             timeout: cfg.timeout,
             max_response_bytes: cfg.max_response_bytes,
         };
-        let started = std::time::Instant::now();
-        let result = self
-            .exchange(Exchange {
-                call,
-                access_ptr: &cfg.access_token_pointer,
-                refresh_ptr: &cfg.refresh_token_pointer,
-                old_refresh: Some(refresh_token),
-                initiated: false,
-                budget: &self.refresh_budget,
-            })
-            .await;
-        record("refresh", &result, started);
-        result
+        self.exchange(Exchange {
+            kind: "refresh",
+            call,
+            access_ptr: &cfg.access_token_pointer,
+            refresh_ptr: &cfg.refresh_token_pointer,
+            old_refresh: Some(refresh_token),
+            initiated: false,
+            budget: &self.refresh_budget,
+        })
+        .await
     }
 }
