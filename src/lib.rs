@@ -26,6 +26,7 @@ pub(crate) mod inbound;
 pub mod inject;
 pub(crate) mod listen;
 pub(crate) mod metrics;
+pub(crate) mod otel;
 pub(crate) mod outbound;
 pub mod path;
 pub(crate) mod pool;
@@ -73,8 +74,14 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
     if !problems.is_empty() {
         return Err(problems);
     }
-    let http: Arc<dyn token::call::TokenHttp> =
-        Arc::new(outbound::HyperTokenHttp::new(tls.clone()));
+    let client = outbound::HyperTokenHttp::new(tls.clone());
+    let http: Arc<dyn token::call::TokenHttp> = match otel::get() {
+        Some(otel) => Arc::new(otel::Traced {
+            inner: client,
+            otel,
+        }),
+        None => Arc::new(client),
+    };
     let jwks = cfg.auth.remote_jwks().map(|j| {
         token::JwksRemote::new(j, http.clone(), cfg.auth.algorithms.clone(), keys.clone())
     });
@@ -181,6 +188,13 @@ impl Server {
         // The recorder first: handles registered while building the state bind to it.
         let prom = metrics::install();
         let metrics = metrics::Metrics::new();
+        // Before the state: its outbound client is wrapped when traces are on.
+        if let Some(t) = &cfg.tracing {
+            if tokio::runtime::Handle::try_current().is_err() {
+                anyhow::bail!("tracing: the server must be built inside a tokio runtime");
+            }
+            otel::init(t).map_err(|e| anyhow::anyhow!(e))?;
+        }
         let state =
             build_state(cfg.clone(), metrics.clone()).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
         let tls = match &cfg.server.tls {
@@ -260,6 +274,7 @@ impl Server {
         while forward::open_tunnels() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        otel::shutdown(Duration::from_secs(5)).await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -128,6 +128,12 @@ pub async fn handle(
         ctx.origin = crate::cors::allowed_origin(c, &parts.headers);
         ctx.preflight = crate::cors::is_preflight(&parts);
     }
+    // With `[tracing]`: the request's span is the current context for every phase
+    // (the token service's and the backend's `traceparent` come from it).
+    let otel = crate::otel::get().map(|o| {
+        let cx = o.start_request(&parts.method, &parts.headers, conn.remote.ip(), conn.tls);
+        (cx, parts.uri.path().to_owned())
+    });
     // Every line logged while handling the request carries its id (the span is at
     // error level so it exists whenever any logging is on).
     // Recorded with Display: the ids are plain tokens, and str's Debug escapes char by char.
@@ -153,8 +159,14 @@ pub async fn handle(
         let query = prepare(&state, &ctx, &mut parts);
         Ok(forward(&state, &mut ctx, parts, body, &conn, query.as_deref()).await)
     }
-    .instrument(span)
-    .await;
+    .instrument(span);
+    let result = match &otel {
+        Some((cx, _)) => {
+            use opentelemetry::context::FutureExt as _;
+            result.with_context(cx.clone()).await
+        }
+        None => result.await,
+    };
     let (mut resp, own) = match result {
         Ok(r) => (r, ctx.renewed.is_some()),
         Err(e) => (refuse(&mut ctx, e), true),
@@ -170,7 +182,27 @@ pub async fn handle(
         let expose = [&rt.access_header, &rt.refresh_header];
         crate::cors::decorate(c, ctx.origin.as_ref(), own, &expose, resp.headers_mut());
     }
-    respond(&state, &ctx, resp)
+    let resp = respond(&state, &ctx, resp);
+    if let Some((cx, raw_path)) = &otel {
+        crate::otel::end_request(
+            cx,
+            &crate::otel::Outcome {
+                method: ctx.method.as_str(),
+                status: resp.status().as_u16(),
+                route: ctx.route.map(|r| r.prefix.as_str()),
+                path: if ctx.canonical.is_empty() {
+                    raw_path
+                } else {
+                    &ctx.canonical
+                },
+                decision: ctx.decision.as_str(),
+                error: ctx.error,
+                user: ctx.who.as_ref().map(|u| u.sub.as_str()),
+                request_id: ctx.request_id.to_str().unwrap_or(""),
+            },
+        );
+    }
+    resp
 }
 
 /// Phases up to the decision: admit, take credentials, route, authorize. Fills `ctx`
@@ -427,6 +459,9 @@ fn prepare(state: &State, ctx: &Ctx<'_>, parts: &mut Parts) -> Option<String> {
         state.cfg.server.request_id_header.clone(),
         ctx.request_id.clone(),
     );
+    if let Some(o) = crate::otel::get() {
+        o.inject(&mut parts.headers);
+    }
     query
 }
 

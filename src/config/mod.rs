@@ -16,6 +16,7 @@ mod forward_auth;
 mod identity;
 mod lifecycle;
 mod log;
+mod otel;
 pub mod reference;
 mod response;
 mod routes;
@@ -39,6 +40,7 @@ pub use forward_auth::ForwardAuth;
 pub use identity::Identity;
 pub use lifecycle::{ApiKey, AppIdentity, ClientCredentials, Initiate, Introspection, Refresh};
 pub use log::{Log, LogFormat};
+pub use otel::{OtlpProtocol, Tracing};
 pub use response::ResponseTokens;
 pub use routes::{Route, RouteMode};
 pub use secret::{Secret, SecretBytes};
@@ -102,6 +104,9 @@ pub struct Config {
     /// A decision endpoint for a front proxy (nginx `auth_request`, Envoy `ext_authz`,
     /// Traefik `ForwardAuth`); unset = none.
     pub forward_auth: Option<ForwardAuth>,
+    /// OpenTelemetry traces over OTLP; unset = no spans (a `traceparent` passes
+    /// through untouched).
+    pub tracing: Option<Tracing>,
     /// Where renewed tokens go in the response.
     pub response_tokens: ResponseTokens,
     /// Log output.
@@ -218,6 +223,9 @@ impl Config {
         }
         if let Some(a) = &mut self.assertion {
             a.validate(c);
+        }
+        if let Some(t) = &mut self.tracing {
+            t.validate(c);
         }
         if self.app_identity.is_some() && self.initiate.is_none() {
             c.fail("app_identity: needs an [initiate] section to start sessions with".into());

@@ -11,6 +11,9 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 
 /// One outbound call to the token service.
 pub struct Call {
+    /// What the call is for (`refresh`, `initiate`, `jwks`, `introspection`): the
+    /// name of its trace span.
+    pub purpose: &'static str,
     pub method: Method,
     pub uri: Uri,
     pub headers: Vec<(HeaderName, HeaderValue)>,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Method};
 use moka::future::Cache;
+use opentelemetry::context::FutureExt as _;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -65,6 +66,7 @@ impl JwksRemote {
         let _one = self.fetching.lock().await;
         let started = Instant::now();
         let call = Call {
+            purpose: "jwks",
             method: Method::GET,
             uri: self.cfg.url.clone(),
             headers: vec![(
@@ -256,8 +258,11 @@ impl Introspector {
         let key = hash_token(token);
         let this = self.clone();
         let token = token.to_string();
-        let task =
-            tokio::spawn(async move { this.cache.try_get_with(key, this.call(token)).await });
+        // The introspection span is a child of the request that asked.
+        let task = tokio::spawn(
+            async move { this.cache.try_get_with(key, this.call(token)).await }
+                .with_current_context(),
+        );
         match task.await {
             Ok(Ok(Some(v))) => Ok(v),
             Ok(Ok(None)) => Err(VerifyError::Invalid("the access token is not active")),
@@ -291,6 +296,7 @@ impl Introspector {
         let answer = self
             .http
             .call(Call {
+                purpose: "introspection",
                 method: Method::POST,
                 uri: self.cfg.url.clone(),
                 headers,

@@ -14,6 +14,7 @@ pub mod h2raw;
 pub mod http;
 pub mod lifecycle;
 pub mod mock;
+pub mod otlp;
 pub mod raw_backend;
 pub mod redis;
 pub mod rig;

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use opentelemetry::context::FutureExt as _;
+
 use super::{RenewError, Session};
 
 /// Runs a moka single flight in its own task: a client that disconnects mid-call drops
@@ -17,16 +19,21 @@ where
         + Send
         + 'static,
 {
-    let task = tokio::spawn(async move {
-        match flight.await {
-            Ok(e) => {
-                if !e.is_fresh() {
-                    metrics::counter!("auth_sidecar_coalesced_total", "call" => call).increment(1);
+    // The call's trace span is a child of the request that started the flight.
+    let task = tokio::spawn(
+        async move {
+            match flight.await {
+                Ok(e) => {
+                    if !e.is_fresh() {
+                        metrics::counter!("auth_sidecar_coalesced_total", "call" => call)
+                            .increment(1);
+                    }
+                    Ok(e.into_value())
                 }
-                Ok(e.into_value())
+                Err(f) => Err((*f).clone()),
             }
-            Err(f) => Err((*f).clone()),
         }
-    });
+        .with_current_context(),
+    );
     task.await.unwrap_or(Err(on_panic))
 }

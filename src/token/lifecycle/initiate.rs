@@ -138,6 +138,7 @@ impl Lifecycle {
             headers.push((cfg.api_key.header.clone(), sensitive(v)));
         }
         let call = Call {
+            purpose: "initiate",
             method: Method::POST,
             uri: cfg.uri.clone(),
             headers,

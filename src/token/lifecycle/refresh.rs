@@ -94,6 +94,7 @@ impl Lifecycle {
             }
         }
         let call = Call {
+            purpose: "refresh",
             method: cfg.method.clone(),
             uri: cfg.uri.clone(),
             headers,
