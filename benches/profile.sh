@@ -45,6 +45,8 @@ python3 "$BENCH_HERE/mint_tokens.py" "${margs[@]}" || die "token minting failed"
 cap=100000; [[ $WORKLOAD == distinct ]] && cap=16
 backend_conf "$BACKEND_PORT" >"$BENCH_DIR/conf/nginx-backend.conf"
 sidecar_conf "$SIDECAR_PORT" "$ADMIN_PORT" "$ALG" "$cap" >"$BENCH_DIR/conf/sidecar.toml"
+# EXTRA_CONF: a TOML file appended to the config (e.g. a [tracing] section to price).
+[[ -n ${EXTRA_CONF:-} ]] && cat "$EXTRA_CONF" >>"$BENCH_DIR/conf/sidecar.toml"
 start_proc backend "$BENCH_DIR/logs/backend.out" nginx -p "$BENCH_DIR/run" -e "$BENCH_DIR/logs/backend.err" \
   -c "$BENCH_DIR/conf/nginx-backend.conf"
 wait_http backend "$BACKEND_PORT" 15 || die "backend did not start"
