@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{Lifecycle, RenewError, Session};
 use crate::token::call::Call;
 use crate::token::now_secs;
-use crate::token::verify::Verdict;
+use crate::token::verify::{Verdict, Verified};
 
 /// A call and where its answer keeps the tokens.
 pub(super) struct Exchange<'a> {
@@ -24,6 +24,8 @@ pub(super) struct Exchange<'a> {
     pub initiated: bool,
     /// Paused by a `429`.
     pub budget: &'a super::budget::Budget,
+    /// Set when the answer's token is opaque: who it is for, instead of verifying it.
+    pub opaque: Option<Arc<Verified>>,
 }
 
 impl Lifecycle {
@@ -99,6 +101,14 @@ impl Lifecycle {
             return Err(RenewError::BadResponse(
                 "the token service returned tokens that cannot be sent",
             ));
+        }
+        if let Some(v) = x.opaque {
+            return Ok(Arc::new(Session {
+                access_token: access.to_string(),
+                refresh_token: refresh,
+                verified: v,
+                initiated: x.initiated,
+            }));
         }
         match self.verifier.verify_uncached(access, now_secs()) {
             Ok(Verdict::Valid(v)) => Ok(Arc::new(Session {
