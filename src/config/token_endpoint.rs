@@ -116,9 +116,10 @@ impl TokenEndpoint {
     /// `initiate`, `app_identity`: whether those sections are set.
     pub(super) fn validate(&mut self, c: &mut Checker<'_>, initiate: bool, app_identity: bool) {
         let canonical = crate::path::canonical_path(&self.path).ok();
+        let trimmed = self.path.trim_end_matches('/');
         if !self.path.starts_with('/')
-            || self.path.len() < 2
-            || canonical.as_deref() != Some(self.path.trim_end_matches('/'))
+            || trimmed.is_empty()
+            || canonical.as_deref().map(|c| c.trim_end_matches('/')) != Some(trimmed)
         {
             c.fail(format!(
                 "token_endpoint.path: `{}` must be a canonical path other than /",
