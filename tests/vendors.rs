@@ -11,6 +11,7 @@ use common::examples::*;
 use common::token_service::{Mode, TokenService};
 use common::vendors::{Mindset, VendorMode};
 use common::*;
+use common::{API_KEY, APP_SECRET};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
 
@@ -468,6 +469,67 @@ async fn kustomer_login_jwt_is_minted_for_the_proven_user() {
         // Minting calls no vendor.
         assert_eq!(rig.ts.calls(), 0);
         assert_eq!(rig.backend.count(), 0);
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// The initiate body template, from the identity
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_initiate_body_reads_any_claim_of_the_proof_and_cannot_be_injected() {
+    bounded(async {
+        let ts = TokenService::start(API_KEY).await;
+        let body = r#"'{"user_unique_id": "{sub}", "tier": "{claim:tier}", "age": "{claim:age}", "accounts": {json:accounts}, "none": {json:missing}, "guest": {bool:guest}, "left": "{unknown}"}'"#;
+        let rig = Rig::builder()
+            .token_service(ts)
+            .lifecycle(|lc| {
+                lc.initiate("body", body);
+            })
+            .cfg(|c| {
+                c.extra(
+                    "[token_endpoint]\npath = \"/tokens\"\nfields = { accessToken = \"access_token\", user = \"user_id\", expiresAt = \"expires_at\" }\n",
+                )
+            })
+            .start()
+            .await;
+        // A claim holding quotes and a placeholder stays one JSON string, unexpanded.
+        let app = sign(
+            &json!({
+                "externalId": "ext-\"{sub}\"",
+                "tier": "gold \"{email}\"",
+                "age": 42,
+                "accounts": [{"accountUid": "a1"}],
+                "guest": "true",
+                "iat": now(),
+            }),
+            APP_SECRET,
+        );
+        let r = send(
+            client()
+                .post(rig.sc.url("/tokens"))
+                .header("x-app-identity", &app),
+        )
+        .await;
+        assert_own_and_clean(&r, API_KEY);
+        let v = json_ok(&r);
+        let issued = rig.ts.last_issued().unwrap();
+        assert_eq!(v["accessToken"], json!(issued.access));
+        assert_eq!(v["user"], json!("ext-\"{sub}\""));
+        assert!(v["expiresAt"].as_u64().unwrap() > now() as u64);
+        assert_eq!(
+            rig.ts.last_initiate().unwrap().json(),
+            json!({
+                "user_unique_id": "ext-\"{sub}\"",
+                "tier": "gold \"{email}\"",
+                "age": "42",
+                "accounts": [{"accountUid": "a1"}],
+                "none": null,
+                "guest": true,
+                "left": "{unknown}",
+            })
+        );
     })
     .await
 }
