@@ -533,3 +533,79 @@ async fn the_initiate_body_reads_any_claim_of_the_proof_and_cannot_be_injected()
     })
     .await
 }
+
+// ---------------------------------------------------------------------------
+// Opaque initiate answers on the proxy path
+// ---------------------------------------------------------------------------
+
+async fn opaque_rig(ms: &Mindset, format: &str) -> Rig {
+    let text = format!(
+        "[initiate]\nurl = {}\napi_key = {{ env = \"MS_KEY\" }}\nbody = '{{\"userEmail\": \"{{email}}\"}}'\naccess_token_pointer = \"/authToken\"\nrefresh_token_pointer = \"\"\ntoken_format = \"{format}\"\nwhen_refresh_token_missing = true\ntimeout = \"1s\"\n",
+        q(&ms.url())
+    );
+    Rig::builder()
+        .cfg(move |c| c.env("MS_KEY", MS_KEY).extra(&text))
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opaque_token_from_initiate_is_handed_out_as_is_only_when_configured() {
+    bounded(async {
+        let ms = Mindset::start(MS_KEY).await;
+        let old = sign(
+            &json!({"sub": "u-hal", "email": "hal@example.com", "iat": now() - 1200, "exp": now() - 600}),
+            HS_SECRET,
+        );
+
+        // token_format = "opaque": the expired session renews through initiate, the
+        // opaque token goes back in the response header, the backend gets the proven user.
+        let rig = opaque_rig(&ms, "opaque").await;
+        let r = send(client().get(rig.sc.url("/api/x")).bearer_auth(&old)).await;
+        let echo = r.ok_echo();
+        let (_, token) = ms.issued().pop().unwrap();
+        assert_eq!(r.header("x-auth-access-token"), Some(token.as_str()));
+        assert!(r.header("x-auth-refresh-token").is_none());
+        assert_eq!(echo.header("x-auth-user-id"), Some("u-hal"));
+        assert_eq!(echo.header("x-auth-email"), Some("hal@example.com"));
+        assert_eq!(ms.calls(), 1);
+        drop(rig);
+
+        // The default (jwt): the same answer does not verify, so it is never used.
+        let rig = opaque_rig(&ms, "jwt").await;
+        let r = send(client().get(rig.sc.url("/api/x")).bearer_auth(&old)).await;
+        r.assert_error(502, "token_service_bad_response");
+        assert_eq!(rig.backend.count(), 0);
+        assert_eq!(ms.calls(), 2);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_cors_policy_mode_the_endpoint_preflight_still_allows_what_it_reads() {
+    bounded(async {
+        let origins = format!("[\"{ORIGIN}\"]");
+        let rig = likeminds(&[
+            ("AUTH_SIDECAR__CORS__ALLOWED_ORIGINS", &origins),
+            ("AUTH_SIDECAR__CORS__MODE", "policy"),
+        ])
+        .await;
+        let r = send(
+            client()
+                .request(reqwest::Method::OPTIONS, rig.sc.url(LM_TOKENS))
+                .header("origin", ORIGIN)
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "x-app-identity"),
+        )
+        .await;
+        assert_eq!(r.status, 204, "{:?}", r.headers);
+        assert_eq!(r.header("access-control-allow-origin"), Some(ORIGIN));
+        assert_eq!(
+            r.header("access-control-allow-headers"),
+            Some("x-app-identity")
+        );
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        assert_eq!(rig.backend.count(), 0);
+    })
+    .await
+}
