@@ -220,6 +220,10 @@ async fn likeminds_wrong_api_key_is_refresh_rejected_and_never_echoed() {
             rig.ts.last_initiate().unwrap().header("x-api-key"),
             Some(WRONG)
         );
+        // The operator sees why; the key itself is in no log line.
+        let logs = rig.sc.logs();
+        assert!(logs.contains("check initiate.api_key"), "{logs}");
+        assert!(!logs.contains(WRONG), "the API key is in the log");
     })
     .await
 }

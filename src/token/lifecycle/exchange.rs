@@ -48,7 +48,16 @@ impl Lifecycle {
         };
         let json: Option<Value> = serde_json::from_slice(&answer.body).ok();
         match answer.status {
-            400 | 401 | 403 => return Err(REJECTED),
+            400 | 401 | 403 => {
+                if x.kind == "initiate" && answer.status != 400 {
+                    // Initiate carries no user credential: a 401/403 usually means the API key.
+                    tracing::warn!(
+                        status = answer.status,
+                        "the token service refused initiate; check initiate.api_key"
+                    );
+                }
+                return Err(REJECTED);
+            }
             429 => {
                 // The client gets the service's own back-off, and nobody calls before it.
                 let retry_after = answer

@@ -18,8 +18,9 @@ use crate::token::verify::{Verdict, Verified};
 const INITIATE_REFUSED: RenewError =
     RenewError::Rejected("the token service refused to start a session");
 
-/// Who a new session is for, as a verified token proved it.
-#[derive(Debug, Clone)]
+/// Who a new session is for, as a verified token proved it (no `Debug`: it holds
+/// claims, which never go to a log).
+#[derive(Clone)]
 pub struct Subject {
     /// Single-flight key: one initiate per user at a time.
     pub(super) key: String,
