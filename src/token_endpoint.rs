@@ -102,14 +102,15 @@ impl TokenEndpoint {
             return Err(ProxyError::MethodNotAllowed);
         }
         let (subject, by_token) = self.prove(parts, owned, credentials).await?;
+        // Signed first: an identity that cannot have a login JWT costs no initiate call.
+        let login = match &self.login {
+            Some(l) => Some(l.sign(&subject)?),
+            None => None,
+        };
         let session = if self.cfg.fields.values().any(|f| f.needs_session()) {
             Some(self.lifecycle.start(subject.clone(), by_token).await?)
         } else {
             None
-        };
-        let login = match &self.login {
-            Some(l) => Some(l.sign(&subject)?),
-            None => None,
         };
         let mut doc = Map::new();
         for (name, field) in &self.cfg.fields {
