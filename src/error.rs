@@ -39,6 +39,9 @@ pub enum ProxyError {
     /// Client: a cookie- or query-authenticated upgrade from an origin not allowed.
     #[error("this origin may not open a connection here")]
     OriginNotAllowed,
+    /// Client: a method the sidecar's own endpoint does not answer.
+    #[error("this endpoint answers GET and POST")]
+    MethodNotAllowed,
     /// Client: a valid token that lacks what the route needs.
     #[error("{0}")]
     InsufficientScope(&'static str),
@@ -74,6 +77,7 @@ impl ProxyError {
             ProxyError::RequestTimeout => "request_timeout",
             ProxyError::OriginNotAllowed => "origin_not_allowed",
             ProxyError::InsufficientScope(_) => "insufficient_scope",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::TokenServiceUnavailable { .. } => "token_service_unavailable",
             ProxyError::TokenServiceBadResponse(_) => "token_service_bad_response",
             ProxyError::KeysUnavailable => "keys_unavailable",
@@ -91,6 +95,7 @@ impl ProxyError {
             | ProxyError::RefreshRejected(_) => StatusCode::UNAUTHORIZED,
             ProxyError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::InsufficientScope(_) | ProxyError::OriginNotAllowed => {
                 StatusCode::FORBIDDEN
             }
@@ -138,6 +143,12 @@ impl ProxyError {
             h.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+        }
+        if matches!(self, ProxyError::MethodNotAllowed) {
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, POST, OPTIONS"),
             );
         }
         if matches!(self, ProxyError::KeysUnavailable | ProxyError::Overloaded) {

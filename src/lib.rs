@@ -34,6 +34,7 @@ pub(crate) mod proxy;
 pub(crate) mod store;
 pub mod telemetry;
 pub mod token;
+pub(crate) mod token_endpoint;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -118,7 +119,10 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
         )),
         None => None,
     };
+    let token_endpoint =
+        token_endpoint::TokenEndpoint::new(&cfg, lifecycle.clone(), verifier.clone(), jwks.clone());
     Ok(State {
+        token_endpoint,
         assertion,
         credentials: credentials::Credentials::new(&cfg),
         forwarder: forward::Forwarder::new(&cfg.backend, tls),

@@ -34,6 +34,7 @@ pub struct State {
     pub jwks: Option<Arc<JwksRemote>>,
     pub introspector: Option<Arc<Introspector>>,
     pub assertion: Option<Arc<crate::assertion::Signer>>,
+    pub token_endpoint: Option<crate::token_endpoint::TokenEndpoint>,
 }
 
 /// Facts about the connection a request came in on.
@@ -81,6 +82,8 @@ pub struct Ctx<'s> {
     pub preflight: bool,
     /// The sidecar's refusal code, for the access log.
     pub error: Option<&'static str>,
+    /// Answered by the sidecar's own endpoint (tokens): CORS headers as on a refusal.
+    pub own_answer: bool,
 }
 
 impl Ctx<'_> {
@@ -102,6 +105,7 @@ impl Ctx<'_> {
             origin: None,
             preflight: false,
             error: None,
+            own_answer: false,
         }
     }
 
@@ -144,6 +148,11 @@ pub async fn handle(
                 return answer_decision(&state, &mut ctx, &mut parts, &conn, fa).await;
             }
         }
+        if let Some(te) = &state.token_endpoint {
+            if te.matches(parts.uri.path()) {
+                return answer_tokens(&state, &mut ctx, &mut parts, te).await;
+            }
+        }
         if let Some(c) = state
             .cfg
             .cors
@@ -168,15 +177,16 @@ pub async fn handle(
         None => result.await,
     };
     let (mut resp, own) = match result {
-        Ok(r) => (r, ctx.renewed.is_some()),
+        Ok(r) => (r, ctx.renewed.is_some() || ctx.own_answer),
         Err(e) => (refuse(&mut ctx, e), true),
     };
-    // A policy-mode preflight was answered whole by `cors::answer_preflight`.
+    // A policy-mode preflight (and one to the token endpoint) was answered whole by
+    // `cors::answer_preflight`.
     if let Some(c) = state
         .cfg
         .cors
         .as_ref()
-        .filter(|c| !(ctx.preflight && c.mode == CorsMode::Policy))
+        .filter(|c| !(ctx.preflight && (c.mode == CorsMode::Policy || ctx.own_answer)))
     {
         let rt = &state.cfg.response_tokens;
         let expose = [&rt.access_header, &rt.refresh_header];
@@ -249,6 +259,34 @@ async fn answer_decision<'s>(
         inject::set_session(resp.headers_mut(), &state.cfg.response_tokens, s);
     }
     Ok(resp)
+}
+
+/// The token endpoint, instead of the proxy path: admitted, its preflight answered,
+/// the sidecar-owned credentials taken out; then the tokens for the proven caller, or
+/// the refusal. Forwards nothing.
+async fn answer_tokens<'s>(
+    state: &'s State,
+    ctx: &mut Ctx<'s>,
+    parts: &mut Parts,
+    te: &crate::token_endpoint::TokenEndpoint,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    ctx.own_answer = true;
+    ctx.canonical = parts.uri.path().to_string();
+    admit(parts)?;
+    if let (Some(c), true) = (&state.cfg.cors, ctx.preflight) {
+        ctx.decision = Decision::Public;
+        return Ok(te.preflight(c, parts));
+    }
+    ctx.owned = state.credentials.take_owned(&mut parts.headers);
+    let answered = te.answer(parts, &ctx.owned, &state.credentials).await?;
+    ctx.decision = match &answered.session {
+        Some(s) => {
+            ctx.who = Some(s.verified.clone());
+            Decision::Initiated
+        }
+        None => Decision::Allowed,
+    };
+    Ok(answered.response)
 }
 
 /// The headers in which front proxies name the original request.

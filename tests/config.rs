@@ -304,3 +304,77 @@ fn durations_write_back_as_they_read() {
     }
     assert_eq!(format_duration(parse_duration("60s").unwrap()), "1m");
 }
+
+#[test]
+fn token_endpoint_and_vendor_keys_are_checked() {
+    let e = env(&[("HS", SECRET), ("KEY", "k")]);
+    let text = r#"
+[auth]
+hmac_secret = { env = "HS" }
+[refresh]
+url = "http://127.0.0.1:1/refresh"
+headers = { "x-api-key" = "no", "bad header" = "x" }
+api_key_header = "x-api-key"
+api_key = { env = "KEY" }
+[initiate]
+url = "http://127.0.0.1:1/initiate"
+api_key = { env = "KEY" }
+headers = { "content-type" = "text/plain", "x-platform-code" = "rt" }
+opaque_lifetime = "0s"
+[forward_auth]
+path = "/_auth"
+[token_endpoint]
+path = "/_auth/tokens"
+accept = ["app_identity"]
+fields = { jwt = "login_jwt" }
+"#;
+    let err = Config::from_toml(text, Path::new("."), &e).unwrap_err();
+    for want in [
+        "refresh.headers: `x-api-key` is set by the sidecar itself",
+        "refresh.headers: `bad header` is not a valid header name and value",
+        "initiate.headers: `content-type` is set by the sidecar itself",
+        "initiate.opaque_lifetime: must be greater than zero",
+        "token_endpoint.path: must not overlap forward_auth.path",
+        "token_endpoint: a `login_jwt` field and [token_endpoint.login_jwt] go together",
+        "token_endpoint.accept: app_identity needs an [app_identity] section",
+    ] {
+        assert!(
+            err.0.iter().any(|p| p == want),
+            "`{want}` not in {:#?}",
+            err.0
+        );
+    }
+    assert_eq!(err.0.len(), 7, "{:#?}", err.0);
+
+    // Session fields need [initiate]; a minting endpoint alone does not.
+    let text = r#"
+[auth]
+hmac_secret = { env = "HS" }
+[token_endpoint]
+fields = { accessToken = "access_token" }
+"#;
+    let err = Config::from_toml(text, Path::new("."), &e).unwrap_err();
+    assert!(
+        err.0
+            .iter()
+            .any(|p| p.contains("need an [initiate] section")),
+        "{:#?}",
+        err.0
+    );
+    let text = r#"
+[auth]
+hmac_secret = { env = "HS" }
+[app_identity]
+secret = { env = "HS" }
+[token_endpoint]
+path = "/tokens/"
+fields = { jwt = "login_jwt", userId = "user_id" }
+[token_endpoint.login_jwt]
+secret = { env = "HS" }
+claims = ["externalId", "email"]
+"#;
+    let cfg = Config::from_toml(text, Path::new("."), &e).unwrap();
+    let te = cfg.token_endpoint.unwrap();
+    assert_eq!(te.path, "/tokens");
+    assert_eq!(te.fields.len(), 2);
+}

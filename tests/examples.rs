@@ -4,129 +4,17 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::token_service::{Pair, Shape, TokenService};
+use common::examples::*;
+use common::token_service::TokenService;
 use common::*;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
-
-const PATH: &str = "/api/chatrooms";
-
-fn example(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(name);
-    assert!(p.is_file(), "missing {}", p.display());
-    p
-}
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-struct Checked {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// `auth-sidecar check-config --config examples/<name>`, bounded by 20 s.
-async fn check_config(name: &str, env: &[(String, String)]) -> Checked {
-    let path = example(name).to_string_lossy().into_owned();
-    let (out, _dir) = finish(Launch::args(["check-config", "--config", &path]).envs(env)).await;
-    Checked {
-        code: out.status.code(),
-        stdout: out.stdout,
-        stderr: out.stderr,
-    }
-}
-
-/// The binary running `examples/<name>` with `env` (which points it at `backend` and
-/// `ts`), up once it logs `listening`; killed on Drop.
-async fn run_example(
-    name: &str,
-    ts: TokenService,
-    backend: Backend,
-    env: Vec<(String, String)>,
-) -> Rig<Backend, TokenService> {
-    let path = example(name).to_string_lossy().into_owned();
-    Rig::builder()
-        .backend(backend)
-        .token_service(ts)
-        .args(["--config", &path])
-        .envs(&env)
-        .start()
-        .await
-}
-
-/// The overrides every run uses: the backend, ephemeral ports, JSON logs.
-fn overrides(backend: &Backend) -> Vec<(String, String)> {
-    env(&[
-        ("AUTH_SIDECAR__BACKEND__URL", &backend.url()),
-        ("AUTH_SIDECAR__SERVER__LISTEN", "127.0.0.1:0"),
-        ("AUTH_SIDECAR__ADMIN__LISTEN", "127.0.0.1:0"),
-        ("AUTH_SIDECAR__LOG__FORMAT", "json"),
-    ])
-}
-
-fn sign(claims: &Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
-fn assert_backend_clean(echo: &Echo, secrets: &[&str]) {
-    for h in ["x-refresh-token", "x-app-identity", "x-api-key"] {
-        assert!(echo.header(h).is_none(), "the backend saw `{h}`");
-    }
-    for (k, v) in &echo.headers {
-        for s in secrets {
-            assert!(!v.contains(s), "the backend saw a secret in `{k}`");
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// check-config
-// ---------------------------------------------------------------------------
-
-const LM_KEY: &str = "lm-api-key-0f9e8d7c6b5a4f3e2d1c0b9a";
-const MS_KEY: &str = "mindset-api-key-77aa66bb55cc44dd33ee";
-const KU_KEY: &str = "chat-token-service-key-1a2b3c4d5e6f";
-const KU_SECRET: &str = "kustomer-secret-key-for-identity-jwts-0123456789";
-
-fn example_env(name: &str) -> Vec<(String, String)> {
-    match name {
-        "likeminds.toml" => env(&[
-            ("LIKEMINDS_API_KEY", LM_KEY),
-            ("LIKEMINDS_TOKEN_SECRET", HS_SECRET),
-        ]),
-        "mindset.toml" => env(&[
-            ("MINDSET_API_KEY", MS_KEY),
-            ("MINDSET_TOKEN_SECRET", HS_SECRET),
-        ]),
-        "kustomer.toml" => env(&[
-            ("KUSTOMER_JWT_SECRET", KU_SECRET),
-            ("CHAT_TOKEN_SERVICE_KEY", KU_KEY),
-            ("CHAT_TOKEN_SECRET", HS_SECRET),
-        ]),
-        _ => unreachable!(),
-    }
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_example_passes_check_config_with_its_env_vars() {
     bounded(async {
         for name in ["likeminds.toml", "mindset.toml", "kustomer.toml"] {
             let e = example_env(name);
-            let out = check_config(name, &e).await;
+            let out = check_example(name, &e).await;
             assert_eq!(
                 out.code,
                 Some(0),
@@ -153,7 +41,7 @@ async fn every_example_passes_check_config_with_its_env_vars() {
 async fn every_example_names_its_missing_env_vars() {
     bounded(async {
         for name in ["likeminds.toml", "mindset.toml", "kustomer.toml"] {
-            let out = check_config(name, &[]).await;
+            let out = check_example(name, &[]).await;
             assert_eq!(out.code, Some(64), "{name}: {}", out.stderr);
             for (var, _) in example_env(name) {
                 assert!(
@@ -170,17 +58,6 @@ async fn every_example_names_its_missing_env_vars() {
 // ---------------------------------------------------------------------------
 // LikeMinds: refresh under /data, initiate with user_unique_id / user_name
 // ---------------------------------------------------------------------------
-
-fn likeminds_shape() -> Shape {
-    let mut s = Shape::default_with_key(LM_KEY);
-    s.refresh_path = "/likeminds/refresh".into();
-    s.refresh_access_ptr = "/data/access_token".into();
-    s.refresh_refresh_ptr = Some("/data/refresh_token".into());
-    s.initiate_path = "/sdk/initiate".into();
-    s.identity_fields = vec!["/user_unique_id".into()];
-    s.envelope = json!({"success": true});
-    s
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn likeminds_example_refreshes_then_initiates() {
@@ -264,68 +141,41 @@ async fn likeminds_example_refreshes_then_initiates() {
 }
 
 // ---------------------------------------------------------------------------
-// Mindset: initiate only, {"userEmail": "{email}"} with x-api-key, {"authToken"}
+// Mindset: the app's own session token on the proxy path; authToken from the endpoint
+// (tests/vendors.rs), never a Mindset call for a proxied request
 // ---------------------------------------------------------------------------
 
-fn mindset_shape() -> Shape {
-    let mut s = Shape::default_with_key(MS_KEY);
-    s.initiate_path = "/api/v1/appuid/test-app/sdkusers/auth".into();
-    s.identity_fields = vec!["/userEmail".into(), "/externalId".into()];
-    s.name_fields = vec!["/name".into()];
-    s.initiate_access_ptr = "/authToken".into();
-    s.initiate_refresh_ptr = None;
-    s
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mindset_example_renews_an_expired_token_through_initiate() {
+async fn mindset_example_checks_app_sessions_and_never_calls_mindset_on_the_proxy_path() {
     bounded(async {
-        let ts = TokenService::start_with(mindset_shape()).await;
+        let mindset = common::vendors::Mindset::start(MS_KEY).await;
         let backend = Backend::start().await;
         let mut e = example_env("mindset.toml");
         e.extend(overrides(&backend));
-        e.extend(env(&[("AUTH_SIDECAR__INITIATE__URL", &ts.initiate_url())]));
-        let Rig {
-            ts, backend, sc, ..
-        } = run_example("mindset.toml", ts, backend, e).await;
+        e.extend(env(&[("AUTH_SIDECAR__INITIATE__URL", &mindset.url())]));
+        let Rig { backend, sc, .. } = run_example_alone("mindset.toml", backend, e).await;
         let c = client();
 
-        // A Mindset session token for dana, expired 10 minutes ago; no refresh token.
-        let old: Pair = ts.expired_pair("dana@example.com");
-        let r = send(c.get(sc.url(PATH)).bearer_auth(&old.access)).await;
+        // The app's session token for dana: forwarded with her identity.
+        let session = sign(
+            &json!({"sub": "u-dana", "email": "dana@example.com", "iat": now(), "exp": now() + 600}),
+            HS_SECRET,
+        );
+        let r = send(c.get(sc.url(PATH)).bearer_auth(&session)).await;
         let echo = r.ok_echo();
-        let issued = ts.last_issued().unwrap();
-        assert_eq!(
-            r.header("x-auth-access-token"),
-            Some(issued.access.as_str())
-        );
-        assert_eq!(echo.header("x-auth-user-id"), Some("dana@example.com"));
+        assert_eq!(echo.header("x-auth-user-id"), Some("u-dana"));
         assert_eq!(echo.header("x-auth-email"), Some("dana@example.com"));
-        assert_eq!(
-            echo.header("authorization"),
-            Some(format!("Bearer {}", issued.access).as_str())
-        );
-        let call = ts.last_initiate().unwrap();
-        assert_eq!(call.header("x-api-key"), Some(MS_KEY));
-        assert_eq!(
-            call.json(),
-            json!({"userEmail": "dana@example.com", "name": "User dana@example.com"})
-        );
-        assert_eq!(ts.initiate_calls(), 1);
-        assert_eq!(ts.refresh_calls(), 0);
+        assert!(r.header("x-auth-access-token").is_none());
 
-        // The new token works as is.
-        let r = send(c.get(sc.url(PATH)).bearer_auth(&issued.access)).await;
-        assert_eq!(
-            r.ok_echo().header("x-auth-user-id"),
-            Some("dana@example.com")
+        // Expired: the app's own login renews it, not Mindset (no refresh token, no
+        // initiate on the proxy path).
+        let old = sign(
+            &json!({"sub": "u-dana", "email": "dana@example.com", "iat": now() - 1200, "exp": now() - 600}),
+            HS_SECRET,
         );
-
-        // Expired more than max_staleness (24h) ago: no longer proves the user.
-        let stale = ts.expired_pair_for("dana@example.com", 25 * 3600);
-        let r = send(c.get(sc.url(PATH)).bearer_auth(&stale.access)).await;
-        r.assert_error(401, "refresh_rejected");
-        assert_eq!(ts.initiate_calls(), 1);
+        let r = send(c.get(sc.url(PATH)).bearer_auth(&old)).await;
+        r.assert_error(401, "token_expired");
+        assert_eq!(mindset.calls(), 0);
         for echo in backend.seen() {
             assert_backend_clean(&echo, &[MS_KEY]);
         }
@@ -336,14 +186,6 @@ async fn mindset_example_renews_an_expired_token_through_initiate() {
 // ---------------------------------------------------------------------------
 // Kustomer-style: the app identity token starts the session
 // ---------------------------------------------------------------------------
-
-fn kustomer_shape() -> Shape {
-    let mut s = Shape::default_with_key(KU_KEY);
-    s.refresh_path = "/v1/token/refresh".into();
-    s.initiate_path = "/v1/sessions".into();
-    s.identity_fields = vec!["/email".into(), "/externalId".into()];
-    s
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kustomer_example_starts_sessions_from_app_identity_tokens() {

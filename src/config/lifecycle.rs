@@ -1,6 +1,7 @@
 //! The token lifecycle sections: `[refresh]`, `[initiate]`, `[app_identity]` and
 //! `[introspection]`. Each is optional; its presence enables the feature.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Uri};
@@ -48,6 +49,12 @@ pub struct Refresh {
     /// `api_key_header` with the loaded `api_key`, when both are set.
     #[serde(skip)]
     pub api_key: Option<ApiKey>,
+    /// Static headers sent on every refresh call (an SDK's platform headers), name →
+    /// value; not a secret (use `api_key` for one).
+    pub headers: BTreeMap<String, String>,
+    /// `headers`, parsed.
+    #[serde(skip)]
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// JSON pointer (starting with `/`, not empty) to the new access token in the answer.
     pub access_token_pointer: String,
     /// JSON pointer to the new refresh token in the answer; no new refresh token keeps
@@ -100,6 +107,8 @@ impl Default for Refresh {
             api_key_header: None,
             api_key_secret: None,
             api_key: None,
+            headers: BTreeMap::new(),
+            extra_headers: Vec::new(),
             access_token_pointer: "/access_token".into(),
             refresh_token_pointer: "/refresh_token".into(),
             timeout: Duration::from_secs(5),
@@ -114,6 +123,32 @@ impl Default for Refresh {
             max_calls_per_user_per_minute: 0,
         }
     }
+}
+
+/// Static request headers: valid names and values, never the API key's header or the
+/// content type (the sidecar sets those).
+fn parse_headers(
+    c: &mut Checker<'_>,
+    key: &str,
+    map: &BTreeMap<String, String>,
+    api_key_header: &Option<HeaderName>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    for (k, v) in map {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) else {
+            c.fail(format!("{key}: `{k}` is not a valid header name and value"));
+            continue;
+        };
+        if Some(&name) == api_key_header.as_ref() || name == http::header::CONTENT_TYPE {
+            c.fail(format!("{key}: `{k}` is set by the sidecar itself"));
+            continue;
+        }
+        out.push((name, value));
+    }
+    out
 }
 
 fn check_response_bytes(c: &mut Checker<'_>, key: &str, n: usize) {
@@ -144,6 +179,8 @@ impl Refresh {
                 None
             }
         };
+        self.extra_headers =
+            parse_headers(c, "refresh.headers", &self.headers, &self.api_key_header);
         check_response_bytes(c, "refresh.max_response_bytes", self.max_response_bytes);
         if self.timeout.is_zero() {
             c.fail("refresh.timeout: must be greater than zero".into());
@@ -174,9 +211,26 @@ pub struct Initiate {
     /// `api_key_header` with the loaded `api_key`.
     #[serde(skip)]
     pub api_key: ApiKey,
-    /// Request body template; placeholders `{sub}`, `{email}`, `{name}`, `{external_id}`
-    /// (JSON-escaped).
+    /// Request body template, filled from the verified identity: `{sub}`, `{email}`,
+    /// `{name}`, `{external_id}` (JSON-escaped), and any claim of the proving token:
+    /// `{claim:NAME}` (its text, JSON-escaped), `{bool:NAME}` (`true` when the claim is
+    /// true, else `false`), `{json:NAME}` (its JSON value, `null` when absent).
     pub body: String,
+    /// Static headers sent on every initiate call (an SDK's platform headers), name →
+    /// value; not a secret (the API key goes in `api_key`).
+    pub headers: BTreeMap<String, String>,
+    /// `headers`, parsed.
+    #[serde(skip)]
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    /// `jwt` (the default): the answer's access token is verified with `[auth]` before
+    /// anyone uses it. `opaque`: it is not a JWT the sidecar can check (Mindset's
+    /// `authToken`); it is handed out as is, for the user the request proved.
+    pub token_format: TokenFormat,
+    /// With `token_format = "opaque"`: how long a token is taken to live (its
+    /// `expires_at` on the token endpoint, the cookie's `Max-Age`).
+    #[serde(with = "types::duration")]
+    #[schemars(with = "String")]
+    pub opaque_lifetime: Duration,
     /// JSON pointer (starting with `/`) to the new access token in the answer.
     pub access_token_pointer: String,
     /// JSON pointer (starting with `/`) to the new refresh token in the answer.
@@ -239,6 +293,10 @@ impl Default for Initiate {
             api_key_header: HeaderName::from_static("x-api-key"),
             api_key: ApiKey::default(),
             body: r#"{"user_unique_id": "{sub}", "user_name": "{name}"}"#.into(),
+            headers: BTreeMap::new(),
+            extra_headers: Vec::new(),
+            token_format: TokenFormat::Jwt,
+            opaque_lifetime: Duration::from_secs(3600),
             access_token_pointer: "/data/access_token".into(),
             refresh_token_pointer: "/data/refresh_token".into(),
             timeout: Duration::from_secs(5),
@@ -275,11 +333,27 @@ impl Initiate {
         if self.timeout.is_zero() {
             c.fail("initiate.timeout: must be greater than zero".into());
         }
+        let key_header = Some(self.api_key_header.clone());
+        self.extra_headers = parse_headers(c, "initiate.headers", &self.headers, &key_header);
+        if self.opaque_lifetime.is_zero() {
+            c.fail("initiate.opaque_lifetime: must be greater than zero".into());
+        }
         check_response_bytes(c, "initiate.max_response_bytes", self.max_response_bytes);
         if self.cache_capacity == 0 {
             c.fail("initiate.cache_capacity: must be at least 1".into());
         }
     }
+}
+
+/// What kind of access token initiate answers with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    /// A JWT, verified with `[auth]`.
+    #[default]
+    Jwt,
+    /// Not checked as a JWT: handed out as is for the proven user.
+    Opaque,
 }
 
 /// Your app's own HS256 identity token, used to start a session (through initiate) when

@@ -23,6 +23,7 @@ mod routes;
 mod secret;
 mod server;
 mod store;
+mod token_endpoint;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -38,7 +39,9 @@ pub use backend::{Backend, ClientTls};
 pub use cors::{Cors, CorsMode};
 pub use forward_auth::ForwardAuth;
 pub use identity::Identity;
-pub use lifecycle::{ApiKey, AppIdentity, ClientCredentials, Initiate, Introspection, Refresh};
+pub use lifecycle::{
+    ApiKey, AppIdentity, ClientCredentials, Initiate, Introspection, Refresh, TokenFormat,
+};
 pub use log::{Log, LogFormat};
 pub use otel::{OtlpProtocol, Tracing};
 pub use response::ResponseTokens;
@@ -46,6 +49,7 @@ pub use routes::{Route, RouteMode};
 pub use secret::{Secret, SecretBytes};
 pub use server::{Admin, Server, Tls};
 pub use store::SharedStore;
+pub use token_endpoint::{Field, LoginClaim, LoginJwt, Proof, TokenEndpoint};
 pub use types::parse_duration;
 
 /// Prefix of environment variables that override config keys:
@@ -107,6 +111,9 @@ pub struct Config {
     /// OpenTelemetry traces over OTLP; unset = no spans (a `traceparent` passes
     /// through untouched).
     pub tracing: Option<Tracing>,
+    /// An endpoint that hands a client the vendor's tokens (the SDK's `getTokens()`,
+    /// Mindset's `authToken`, Kustomer's login JWT); unset = none.
+    pub token_endpoint: Option<TokenEndpoint>,
     /// Where renewed tokens go in the response.
     pub response_tokens: ResponseTokens,
     /// Log output.
@@ -227,8 +234,20 @@ impl Config {
         if let Some(t) = &mut self.tracing {
             t.validate(c);
         }
-        if self.app_identity.is_some() && self.initiate.is_none() {
-            c.fail("app_identity: needs an [initiate] section to start sessions with".into());
+        if let Some(t) = &mut self.token_endpoint {
+            t.validate(c, self.initiate.is_some(), self.app_identity.is_some());
+            let under = |p: &str, base: &str| {
+                p.strip_prefix(base)
+                    .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+            };
+            if let Some(f) = &self.forward_auth {
+                if under(&t.path, &f.path) || under(&f.path, &t.path) {
+                    c.fail("token_endpoint.path: must not overlap forward_auth.path".into());
+                }
+            }
+        }
+        if self.app_identity.is_some() && self.initiate.is_none() && self.token_endpoint.is_none() {
+            c.fail("app_identity: needs an [initiate] section to start sessions with (or a [token_endpoint])".into());
         }
         self.response_tokens.validate(c);
         self.log.validate(c);
@@ -276,6 +295,13 @@ impl Config {
         }
         if let Some(a) = &mut self.assertion {
             fix_secret(&mut a.key);
+        }
+        if let Some(l) = self
+            .token_endpoint
+            .as_mut()
+            .and_then(|t| t.login_jwt.as_mut())
+        {
+            fix_secret(&mut l.secret);
         }
         if let Some(st) = &mut self.shared_store {
             fix_secret(&mut st.secret);

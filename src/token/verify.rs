@@ -241,6 +241,41 @@ impl Verifier {
 
     /// Signature, algorithm, issuer, audience and time checks, without the cache.
     pub fn verify_uncached(&self, token: &str, now: u64) -> Result<Verdict, VerifyError> {
+        self.verify_checked(token, now, false)
+    }
+
+    /// As [`Verifier::verify_uncached`], keeping every claim of a valid token (a proof of
+    /// who a new session is for: its body template may read any claim).
+    pub fn verify_full(&self, token: &str, now: u64) -> Result<Verdict, VerifyError> {
+        self.verify_checked(token, now, true)
+    }
+
+    /// An identity vouched for by other means (the user an opaque token was issued
+    /// for): `claims` projected into identity headers as a verified token's would be.
+    pub fn vouch(
+        &self,
+        sub: &str,
+        claims: Map<String, Value>,
+        exp: u64,
+    ) -> Result<Arc<Verified>, VerifyError> {
+        let headers = self
+            .project
+            .project(sub, &claims)
+            .map_err(VerifyError::Invalid)?;
+        Ok(Arc::new(Verified {
+            sub: sub.to_string(),
+            exp,
+            claims,
+            headers,
+        }))
+    }
+
+    fn verify_checked(
+        &self,
+        token: &str,
+        now: u64,
+        keep_all: bool,
+    ) -> Result<Verdict, VerifyError> {
         if token.len() > self.max_token_bytes {
             return Err(VerifyError::Invalid("the access token is too large"));
         }
@@ -285,7 +320,7 @@ impl Verifier {
             if good {
                 let UniqueMap(claims) =
                     b64_json(body).ok_or(VerifyError::Invalid("the access token is malformed"))?;
-                return self.check_claims(claims, now);
+                return self.check_claims(claims, now, keep_all);
             }
             last = VerifyError::Invalid("the token's signature is invalid");
         }
@@ -296,6 +331,7 @@ impl Verifier {
         &self,
         mut claims: Map<String, Value>,
         now: u64,
+        keep_all: bool,
     ) -> Result<Verdict, VerifyError> {
         const MISSING: VerifyError = VerifyError::Invalid("the token lacks a required claim");
         if let Some(want) = &self.issuer {
@@ -365,7 +401,7 @@ impl Verifier {
             .map_err(VerifyError::Invalid)?;
         // Saturating: a signed `exp` may be any NumericDate, 1e300 included.
         let expired = now > exp.saturating_add(self.leeway);
-        if !expired {
+        if !expired && !keep_all {
             // A valid token is cached until it expires: keep only the claims route rules
             // read (its identity headers are built). An expired one keeps all of them, for
             // the initiate body.

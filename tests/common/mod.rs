@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod examples;
 pub mod front;
 pub mod h2raw;
 pub mod http;
@@ -22,6 +23,7 @@ pub mod sidecar;
 pub mod tls;
 pub mod token_service;
 pub mod tokens;
+pub mod vendors;
 
 #[allow(unused_imports)]
 pub use backend::{refusing_addr, Backend, Echo};

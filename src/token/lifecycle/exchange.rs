@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{Lifecycle, RenewError, Session};
 use crate::token::call::Call;
 use crate::token::now_secs;
-use crate::token::verify::Verdict;
+use crate::token::verify::{Verdict, Verified};
 
 /// A call and where its answer keeps the tokens.
 pub(super) struct Exchange<'a> {
@@ -24,6 +24,8 @@ pub(super) struct Exchange<'a> {
     pub initiated: bool,
     /// Paused by a `429`.
     pub budget: &'a super::budget::Budget,
+    /// Set when the answer's token is opaque: who it is for, instead of verifying it.
+    pub opaque: Option<Arc<Verified>>,
 }
 
 impl Lifecycle {
@@ -46,7 +48,16 @@ impl Lifecycle {
         };
         let json: Option<Value> = serde_json::from_slice(&answer.body).ok();
         match answer.status {
-            400 | 401 | 403 => return Err(REJECTED),
+            400 | 401 | 403 => {
+                if x.kind == "initiate" && answer.status != 400 {
+                    // Initiate carries no user credential: a 401/403 usually means the API key.
+                    tracing::warn!(
+                        status = answer.status,
+                        "the token service refused initiate; check initiate.api_key"
+                    );
+                }
+                return Err(REJECTED);
+            }
             429 => {
                 // The client gets the service's own back-off, and nobody calls before it.
                 let retry_after = answer
@@ -99,6 +110,14 @@ impl Lifecycle {
             return Err(RenewError::BadResponse(
                 "the token service returned tokens that cannot be sent",
             ));
+        }
+        if let Some(v) = x.opaque {
+            return Ok(Arc::new(Session {
+                access_token: access.to_string(),
+                refresh_token: refresh,
+                verified: v,
+                initiated: x.initiated,
+            }));
         }
         match self.verifier.verify_uncached(access, now_secs()) {
             Ok(Verdict::Valid(v)) => Ok(Arc::new(Session {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method};
 
-use super::exchange::{escape, sensitive, Exchange};
+use super::exchange::{sensitive, Exchange};
 use super::flight::single_flight;
 use super::{Lifecycle, RenewError, Session};
 use crate::token::call::Call;
@@ -18,14 +18,19 @@ use crate::token::verify::{Verdict, Verified};
 const INITIATE_REFUSED: RenewError =
     RenewError::Rejected("the token service refused to start a session");
 
-/// What proves who a new session is for.
-pub(super) struct Subject {
+/// Who a new session is for, as a verified token proved it (no `Debug`: it holds
+/// claims, which never go to a log).
+#[derive(Clone)]
+pub struct Subject {
     /// Single-flight key: one initiate per user at a time.
-    key: String,
-    pub(super) sub: String,
-    email: String,
-    name: String,
-    external_id: String,
+    pub(super) key: String,
+    pub sub: String,
+    pub email: String,
+    pub name: String,
+    /// The app identity token's `externalId`; an access token's `sub`.
+    pub external_id: String,
+    /// Every claim of the proving token (for the body template's `{claim:…}`).
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Lifecycle {
@@ -44,11 +49,12 @@ impl Lifecycle {
                     email: s("email"),
                     name: s("name"),
                     external_id: old.sub.clone(),
+                    claims: old.claims.clone(),
                 });
             }
         }
         let (verifier, token) = (self.app_verifier.as_ref()?, app_token?);
-        let app = match verifier.verify_uncached(token, now_secs()) {
+        let app = match verifier.verify_full(token, now_secs()) {
             Ok(Verdict::Valid(v)) => v,
             _ => return None,
         };
@@ -67,6 +73,7 @@ impl Lifecycle {
             email: email.unwrap_or_default(),
             name: get("name").unwrap_or("").to_string(),
             external_id: external_id.unwrap_or_default(),
+            claims: app.claims.clone(),
         })
     }
 
@@ -106,8 +113,13 @@ impl Lifecycle {
             rejected_ttl: std::time::Duration::ZERO,
             retry_after: self.retry_after(),
         };
+        let opaque = self.opaque_identity(&s);
         let result = self
-            .coordinated(flight, Box::new(|| Box::pin(self.initiate_call(&s))))
+            .coordinated(
+                flight,
+                Box::new(|| Box::pin(self.initiate_call(&s))),
+                opaque,
+            )
             .await;
         if matches!(result, Err(RenewError::Rejected(_))) {
             // Remembered before the single flight ends, so no waiter can slip in a second call.
@@ -124,16 +136,12 @@ impl Lifecycle {
         if let Err(retry_after) = self.initiate_budget.check(&s.key) {
             return Err(RenewError::Unavailable { retry_after });
         }
-        let body = cfg
-            .body
-            .replace("{sub}", &escape(&s.sub, true))
-            .replace("{email}", &escape(&s.email, true))
-            .replace("{name}", &escape(&s.name, true))
-            .replace("{external_id}", &escape(&s.external_id, true));
+        let body = super::template::render(&cfg.body, s);
         let mut headers = vec![(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )];
+        headers.extend(cfg.extra_headers.iter().cloned());
         if let Ok(v) = HeaderValue::from_bytes(&cfg.api_key.secret.0) {
             headers.push((cfg.api_key.header.clone(), sensitive(v)));
         }
@@ -154,7 +162,28 @@ impl Lifecycle {
             old_refresh: None,
             initiated: true,
             budget: &self.initiate_budget,
+            opaque: self.opaque_identity(s),
         })
         .await
+    }
+}
+
+impl Lifecycle {
+    /// With `initiate.token_format = "opaque"`: the identity an opaque answer is taken to
+    /// be for (the proven subject, for `initiate.opaque_lifetime`), since it cannot be
+    /// verified as a JWT. `None` for JWT answers, which are verified.
+    pub(super) fn opaque_identity(&self, s: &Subject) -> Option<Arc<Verified>> {
+        let cfg = self.initiate.as_ref()?;
+        if cfg.token_format != crate::config::TokenFormat::Opaque {
+            return None;
+        }
+        let mut claims = serde_json::Map::new();
+        for (k, v) in [("email", &s.email), ("name", &s.name)] {
+            if !v.is_empty() {
+                claims.insert(k.into(), serde_json::Value::String(v.clone()));
+            }
+        }
+        let exp = now_secs().saturating_add(cfg.opaque_lifetime.as_secs());
+        self.verifier.vouch(&s.sub, claims, exp).ok()
     }
 }

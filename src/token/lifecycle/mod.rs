@@ -22,6 +22,9 @@ mod exchange;
 mod flight;
 mod initiate;
 mod refresh;
+mod template;
+
+pub use initiate::Subject;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,10 +166,12 @@ impl Lifecycle {
     /// Makes a flight's call, coordinated across replicas when a store is configured.
     /// A pair another replica obtained is verified again here before anyone uses it
     /// (`renew` then checks its subject as for a pair of our own).
+    /// `opaque`: who another replica's opaque pair is for (it cannot be verified).
     async fn coordinated<'a>(
         &'a self,
         flight: Flight<'a>,
         call: CallOnce<'a>,
+        opaque: Option<Arc<Verified>>,
     ) -> Result<Arc<Session>, RenewError> {
         let Some(c) = &self.coordinator else {
             return call().await;
@@ -178,20 +183,30 @@ impl Lifecycle {
             Coordinated::Shared(Pair {
                 access_token,
                 refresh_token,
-            }) => match self
-                .verifier
-                .verify_uncached(&access_token, super::now_secs())
-            {
-                Ok(super::Verdict::Valid(v)) => Ok(Arc::new(Session {
-                    access_token,
-                    refresh_token,
-                    verified: v,
-                    initiated,
-                })),
-                _ => Err(RenewError::BadResponse(
-                    "a shared token pair does not verify",
-                )),
-            },
+            }) => {
+                if let Some(verified) = opaque {
+                    return Ok(Arc::new(Session {
+                        access_token,
+                        refresh_token,
+                        verified,
+                        initiated,
+                    }));
+                }
+                match self
+                    .verifier
+                    .verify_uncached(&access_token, super::now_secs())
+                {
+                    Ok(super::Verdict::Valid(v)) => Ok(Arc::new(Session {
+                        access_token,
+                        refresh_token,
+                        verified: v,
+                        initiated,
+                    })),
+                    _ => Err(RenewError::BadResponse(
+                        "a shared token pair does not verify",
+                    )),
+                }
+            }
         }
     }
 
@@ -261,6 +276,55 @@ impl Lifecycle {
                     "the token service started a session for another user",
                 ))
             }
+            Ok(s) => Ok(s),
+            Err(RenewError::Rejected(_)) => Err(RenewError::Rejected(
+                "the token service refused to start a session",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// For a token endpoint: who a client proves to be, and a session started for them.
+impl Lifecycle {
+    /// Who `token` (a verified access token, valid or expired less than
+    /// `initiate.max_staleness` ago) or `app_token` (a valid app identity token) proves
+    /// the client to be; the token first.
+    pub fn subject_for(
+        &self,
+        token: Option<&Verified>,
+        app_token: Option<&str>,
+    ) -> Option<Subject> {
+        let staleness = self
+            .initiate
+            .as_ref()
+            .map(|i| i.max_staleness)
+            .unwrap_or(Duration::ZERO);
+        self.subject(token, app_token, staleness)
+    }
+
+    /// Whether initiate is configured (a session can be started).
+    pub fn can_initiate(&self) -> bool {
+        self.initiate.is_some()
+    }
+
+    /// A session for `subject` through initiate: one call per user at a time, the
+    /// same pair for every caller within `initiate.grace`. `by_token`: the subject came
+    /// from an access token, whose `sub` the new token must carry
+    /// (`initiate.require_same_subject`).
+    pub async fn start(
+        self: &Arc<Self>,
+        subject: Subject,
+        by_token: bool,
+    ) -> Result<Arc<Session>, RenewError> {
+        let Some(init) = &self.initiate else {
+            return Err(RenewError::Rejected("no initiate is configured"));
+        };
+        let want = subject.sub.clone();
+        match self.initiate(subject).await {
+            Ok(s) if init.require_same_subject && by_token && s.verified.sub != want => Err(
+                RenewError::BadResponse("the token service started a session for another user"),
+            ),
             Ok(s) => Ok(s),
             Err(RenewError::Rejected(_)) => Err(RenewError::Rejected(
                 "the token service refused to start a session",

@@ -62,6 +62,7 @@ impl Lifecycle {
             .coordinated(
                 flight,
                 Box::new(|| Box::pin(self.refresh_call(&refresh_token, &user))),
+                None,
             )
             .await;
         if matches!(result, Err(RenewError::Rejected(_))) {
@@ -88,6 +89,7 @@ impl Lifecycle {
             .body
             .replace("{refresh_token}", &escape(refresh_token, json));
         let mut headers = vec![(http::header::CONTENT_TYPE, cfg.content_type.clone())];
+        headers.extend(cfg.extra_headers.iter().cloned());
         if let Some(key) = &cfg.api_key {
             if let Ok(v) = HeaderValue::from_bytes(&key.secret.0) {
                 headers.push((key.header.clone(), sensitive(v)));
@@ -110,6 +112,7 @@ impl Lifecycle {
             old_refresh: Some(refresh_token),
             initiated: false,
             budget: &self.refresh_budget,
+            opaque: None,
         })
         .await
     }
