@@ -37,10 +37,13 @@ pub use backend::{Backend, ClientTls};
 pub use cors::{Cors, CorsMode};
 pub use forward_auth::ForwardAuth;
 pub use identity::Identity;
-pub use lifecycle::{ApiKey, AppIdentity, ClientCredentials, Initiate, Introspection, Refresh};
+pub use lifecycle::{
+    ApiKey, AppIdentity, CheckStyle, ClientCredentials, Initiate, Introspection, Refresh,
+    Signature, SignatureAlgorithm,
+};
 pub use log::{Log, LogFormat};
 pub use response::ResponseTokens;
-pub use routes::{Route, RouteMode};
+pub use routes::{Limit, Route, RouteMode};
 pub use secret::{Secret, SecretBytes};
 pub use server::{Admin, Server, Tls};
 pub use store::SharedStore;
@@ -192,7 +195,7 @@ impl Config {
             }
         }
         self.backend.validate(c);
-        self.auth.validate(c);
+        self.auth.validate(c, self.introspection.is_some());
         self.identity.validate(c);
         routes::validate(c, &mut self.routes);
         if let Some(r) = &mut self.refresh {
@@ -259,6 +262,9 @@ impl Config {
         }
         if let Some(i) = &mut self.initiate {
             fix_secret(&mut i.api_key_secret);
+            if let Some(sig) = &mut i.signature {
+                fix_secret(&mut sig.secret);
+            }
         }
         if let Some(a) = &mut self.app_identity {
             fix_secret(&mut a.secret);

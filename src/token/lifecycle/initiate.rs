@@ -21,11 +21,22 @@ const INITIATE_REFUSED: RenewError =
 /// What proves who a new session is for.
 pub(super) struct Subject {
     /// Single-flight key: one initiate per user at a time.
-    key: String,
+    pub(super) key: String,
     pub(super) sub: String,
-    email: String,
-    name: String,
-    external_id: String,
+    pub(super) email: String,
+    pub(super) name: String,
+    pub(super) external_id: String,
+    /// Set when renewing an opaque vendor session (see `opaque.rs`).
+    pub(super) opaque: Option<Opaque>,
+}
+
+/// What renewing an opaque session adds to a subject.
+pub(super) struct Opaque {
+    pub(super) login: String,
+    pub(super) app_token: String,
+    pub(super) guest: bool,
+    /// The session check the new token is checked with (it is not a JWT).
+    pub(super) check: Arc<crate::token::remote::Introspector>,
 }
 
 impl Lifecycle {
@@ -44,6 +55,7 @@ impl Lifecycle {
                     email: s("email"),
                     name: s("name"),
                     external_id: old.sub.clone(),
+                    opaque: None,
                 });
             }
         }
@@ -67,6 +79,7 @@ impl Lifecycle {
             email: email.unwrap_or_default(),
             name: get("name").unwrap_or("").to_string(),
             external_id: external_id.unwrap_or_default(),
+            opaque: None,
         })
     }
 
@@ -106,9 +119,13 @@ impl Lifecycle {
             rejected_ttl: std::time::Duration::ZERO,
             retry_after: self.retry_after(),
         };
-        let result = self
-            .coordinated(flight, Box::new(|| Box::pin(self.initiate_call(&s))))
-            .await;
+        // A shared pair is verified as a JWT; opaque sessions stay per replica.
+        let result = if s.opaque.is_some() {
+            self.initiate_call(&s).await
+        } else {
+            self.coordinated(flight, Box::new(|| Box::pin(self.initiate_call(&s))))
+                .await
+        };
         if matches!(result, Err(RenewError::Rejected(_))) {
             // Remembered before the single flight ends, so no waiter can slip in a second call.
             self.initiate_refused.insert(s.key.clone(), ()).await;
@@ -124,18 +141,30 @@ impl Lifecycle {
         if let Err(retry_after) = self.initiate_budget.check(&s.key) {
             return Err(RenewError::Unavailable { retry_after });
         }
-        let body = cfg
-            .body
+        let template = match &s.opaque {
+            Some(o) if o.guest => cfg.guest_body.as_deref().unwrap_or(&cfg.body),
+            _ => &cfg.body,
+        };
+        let body = template
             .replace("{sub}", &escape(&s.sub, true))
             .replace("{email}", &escape(&s.email, true))
             .replace("{name}", &escape(&s.name, true))
             .replace("{external_id}", &escape(&s.external_id, true));
+        let body = match &s.opaque {
+            Some(o) => body
+                .replace("{login}", &escape(&o.login, true))
+                .replace("{app_token}", &escape(&o.app_token, true)),
+            None => body,
+        };
+        let body = super::sign::finish(&body, cfg)?;
         let mut headers = vec![(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )];
         if let Ok(v) = HeaderValue::from_bytes(&cfg.api_key.secret.0) {
-            headers.push((cfg.api_key.header.clone(), sensitive(v)));
+            if !cfg.api_key_in_body {
+                headers.push((cfg.api_key.header.clone(), sensitive(v)));
+            }
         }
         let call = Call {
             method: Method::POST,
@@ -153,6 +182,7 @@ impl Lifecycle {
             old_refresh: None,
             initiated: true,
             budget: &self.initiate_budget,
+            check: s.opaque.as_ref().map(|o| &o.check),
         })
         .await
     }

@@ -109,6 +109,7 @@ impl Lifecycle {
             old_refresh: Some(refresh_token),
             initiated: false,
             budget: &self.refresh_budget,
+            check: None,
         })
         .await
     }
