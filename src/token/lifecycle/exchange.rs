@@ -48,7 +48,8 @@ impl Lifecycle {
         };
         let json: Option<Value> = serde_json::from_slice(&answer.body).ok();
         match answer.status {
-            400 | 401 | 403 => return Err(REJECTED),
+            // 422: understood and refused (ConnectyCube's "Unexpected signature").
+            400 | 401 | 403 | 422 => return Err(REJECTED),
             429 => {
                 // The client gets the service's own back-off, and nobody calls before it.
                 let retry_after = answer

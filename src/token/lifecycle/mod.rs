@@ -13,7 +13,7 @@
 //! - [`sign`]: `{nonce}`/`{timestamp}` and the signature of a signed initiate call.
 //!
 //! Outcome rules:
-//! - token service says no (400/401/403, `invalid_grant`): *rejected* → try initiate;
+//! - token service says no (400/401/403/422, `invalid_grant`): *rejected* → try initiate;
 //! - token service unreachable, slow, 5xx, 429, or an answer we cannot read:
 //!   *unavailable* → 503, the client keeps its tokens, nothing is cached;
 //! - token service answers with a token that does not verify or names another user:
