@@ -521,3 +521,26 @@ async fn route_limits_apply_to_jwt_claims_too() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cb_token_is_removed_before_forwarding_unless_configured() {
+    bounded(async {
+        let cc = ConnectyCube::start(Duration::from_secs(7200)).await;
+        let rig = run(
+            &cc,
+            Backend::start().await,
+            &[("AUTH_SIDECAR__AUTH__FORWARD_TOKEN_HEADER", "false")],
+        )
+        .await;
+        let (user, uid) = cc.user_session("gina", "Gina");
+        let r = send(client().get(rig.sc.url(PATH)).header("CB-Token", &user)).await;
+        let echo = r.ok_echo();
+        assert_eq!(
+            echo.header("x-auth-user-id"),
+            Some(uid.to_string().as_str())
+        );
+        assert_eq!(echo.header("cb-token"), None);
+        assert!(echo.headers.iter().all(|(_, v)| !v.contains(&user)));
+    })
+    .await
+}

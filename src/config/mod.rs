@@ -92,7 +92,8 @@ pub struct Config {
     pub initiate: Option<Initiate>,
     /// Your app's own identity token as a proof of the user for initiate.
     pub app_identity: Option<AppIdentity>,
-    /// RFC 7662 introspection of opaque tokens; unset = JWTs only.
+    /// The session check for opaque tokens: RFC 7662 introspection, or a vendor's
+    /// session call (`style = "session"`); unset = JWTs only.
     pub introspection: Option<Introspection>,
     /// Redis shared by the replicas, so each refresh and initiate is made once across
     /// them; unset = each replica on its own.
