@@ -544,3 +544,23 @@ async fn cb_token_is_removed_before_forwarding_unless_configured() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_body_that_is_not_json_is_refused_at_load() {
+    bounded(async {
+        let path = example();
+        let mut e = secrets();
+        e.extend(env(&[(
+            "AUTH_SIDECAR__INITIATE__BODY",
+            r#"application_id=12345&auth_key={api_key}&nonce={nonce}&signature={signature}"#,
+        )]));
+        let (out, _dir) = finish(Launch::args(["check-config", "--config", &path]).envs(&e)).await;
+        assert_eq!(out.status.code(), Some(64), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("initiate.body: must be a JSON object"),
+            "{}",
+            out.stderr
+        );
+    })
+    .await
+}

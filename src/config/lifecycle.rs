@@ -234,6 +234,28 @@ pub struct Initiate {
     pub rejected_ttl: Duration,
 }
 
+/// Whether a body template is a JSON object with its placeholders filled in (numbers
+/// where `{nonce}`/`{timestamp}` stand bare, text inside strings).
+fn signable(template: &str) -> bool {
+    let mut t = template.replace("{nonce}", "1").replace("{timestamp}", "1");
+    for p in [
+        "{sub}",
+        "{email}",
+        "{name}",
+        "{external_id}",
+        "{login}",
+        "{app_token}",
+        "{api_key}",
+        "{signature}",
+    ] {
+        t = t.replace(p, "x");
+    }
+    matches!(
+        serde_json::from_str::<serde_json::Value>(&t),
+        Ok(serde_json::Value::Object(_))
+    )
+}
+
 /// A signature over the initiate body's own parameters: every field except `field`
 /// (nested objects as `user[login]`), sorted by name, joined as `name=value&…`, MACed
 /// with the secret and written in hex where the body has `{signature}`.
@@ -338,10 +360,13 @@ impl Initiate {
                 ("initiate.body", Some(&self.body)),
                 ("initiate.guest_body", self.guest_body.as_ref()),
             ] {
-                if b.is_some_and(|b| !b.contains("{signature}")) {
+                let Some(b) = b else { continue };
+                if !b.contains("{signature}") {
                     c.fail(format!(
                         "{key}: must contain {{signature}} with [initiate.signature]"
                     ));
+                } else if !signable(b) {
+                    c.fail(format!("{key}: must be a JSON object once its placeholders are filled (the signature is computed over its fields)"));
                 }
             }
         }
