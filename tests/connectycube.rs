@@ -370,6 +370,31 @@ async fn an_expired_session_is_renewed_server_side_with_a_signed_call() {
     .await
 }
 
+/// A name is data: a guest called `{api_key} {signature}` is renewed with exactly that
+/// name, and neither the auth key nor the signature lands in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_values_cannot_pull_secrets_into_the_create_session_call() {
+    bounded(async {
+        let cc = ConnectyCube::start(Duration::from_secs(7200)).await;
+        let rig = run(&cc, Backend::start().await, &[SHORT_CACHE]).await;
+        let c = client();
+        let url = rig.sc.url(PATH);
+        let name = "{api_key} {signature} {nonce}";
+        let (guest, _) = cc.guest_session(name);
+        send(c.get(&url).header("CB-Token", &guest)).await.ok_echo();
+        expire(&cc, &guest).await;
+        let r = send(c.get(&url).header("CB-Token", &guest)).await;
+        r.ok_echo();
+        assert_eq!(cc.creates(), 1, "the signature still verifies");
+        let call = cc.last_create().unwrap();
+        assert_eq!(call["user"]["full_name"], json!(name));
+        let new = r.header("x-auth-access-token").unwrap();
+        let g = cc.user(cc.user_of(new).unwrap()).unwrap();
+        assert_eq!(g.full_name, name);
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_make_one_create_session_call() {
     bounded(async {

@@ -258,7 +258,8 @@ fn signable(template: &str) -> bool {
 
 /// A signature over the initiate body's own parameters: every field except `field`
 /// (nested objects as `user[login]`), sorted by name, joined as `name=value&…`, MACed
-/// with the secret and written in hex where the body has `{signature}`.
+/// with the secret and written in hex as the value of `field` (where the body has
+/// `{signature}`).
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct Signature {

@@ -145,7 +145,7 @@ impl Lifecycle {
             Some(o) if o.guest => cfg.guest_body.as_deref().unwrap_or(&cfg.body),
             _ => &cfg.body,
         };
-        let body = template
+        let body = super::sign::prepare(template, cfg)?
             .replace("{sub}", &escape(&s.sub, true))
             .replace("{email}", &escape(&s.email, true))
             .replace("{name}", &escape(&s.name, true))
@@ -156,7 +156,7 @@ impl Lifecycle {
                 .replace("{app_token}", &escape(&o.app_token, true)),
             None => body,
         };
-        let body = super::sign::finish(&body, cfg)?;
+        let body = super::sign::sign(body, cfg)?;
         let mut headers = vec![(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -7,43 +7,44 @@ use aws_lc_rs::{hmac, rand::SecureRandom};
 use serde_json::Value;
 
 use super::RenewError;
-use crate::config::{Initiate, Signature, SignatureAlgorithm};
+use crate::config::{Initiate, SignatureAlgorithm};
 
 const UNSIGNABLE: RenewError =
     RenewError::BadResponse("the initiate body is not a JSON object that can be signed");
 
-/// Fills `{nonce}`, `{timestamp}` and (with `api_key_in_body`) `{api_key}`, then signs
-/// when a signature is configured.
-pub(super) fn finish(body: &str, cfg: &Initiate) -> Result<String, RenewError> {
+/// Fills the placeholders the sidecar owns: `{nonce}`, `{timestamp}` and (with
+/// `api_key_in_body`) `{api_key}`. Runs on the template before any identity value is
+/// put in, so a user's name that reads `{api_key}` stays text.
+pub(super) fn prepare(template: &str, cfg: &Initiate) -> Result<String, RenewError> {
     let mut nonce = [0u8; 4];
     aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut nonce)
         .map_err(|_| UNSIGNABLE)?;
     // A positive integer of up to 10 digits, as the vendor's SDKs send.
     let nonce = u32::from_be_bytes(nonce).max(1);
-    let body = body
+    let body = template
         .replace("{nonce}", &nonce.to_string())
         .replace("{timestamp}", &crate::token::now_secs().to_string());
-    let body = if cfg.api_key_in_body {
-        let key = std::str::from_utf8(&cfg.api_key.secret.0).map_err(|_| UNSIGNABLE)?;
-        body.replace("{api_key}", &super::exchange::escape(key, true))
-    } else {
-        body
-    };
-    match &cfg.signature {
-        Some(sig) => sign(&body, sig),
-        None => Ok(body),
+    if !cfg.api_key_in_body {
+        return Ok(body);
     }
+    let key = std::str::from_utf8(&cfg.api_key.secret.0).map_err(|_| UNSIGNABLE)?;
+    Ok(body.replace("{api_key}", &super::exchange::escape(key, true)))
 }
 
-/// The body with `{signature}` replaced by the MAC of its parameter string.
-pub(super) fn sign(body: &str, sig: &Signature) -> Result<String, RenewError> {
-    let json: Value = serde_json::from_str(body).map_err(|_| UNSIGNABLE)?;
-    let Value::Object(top) = &json else {
+/// The finished body, signed when a signature is configured: the MAC of its parameter
+/// string goes in the signature field (set as a JSON value, so no identity value can
+/// stand in for it).
+pub(super) fn sign(body: String, cfg: &Initiate) -> Result<String, RenewError> {
+    let Some(sig) = &cfg.signature else {
+        return Ok(body);
+    };
+    let mut json: Value = serde_json::from_str(&body).map_err(|_| UNSIGNABLE)?;
+    let Value::Object(top) = &mut json else {
         return Err(UNSIGNABLE);
     };
     let mut params = Vec::new();
-    for (k, v) in top {
+    for (k, v) in top.iter() {
         if *k != sig.field {
             flatten(k.clone(), v, &mut params);
         }
@@ -60,7 +61,8 @@ pub(super) fn sign(body: &str, sig: &Signature) -> Result<String, RenewError> {
     };
     let tag = hmac::sign(&hmac::Key::new(alg, &sig.secret.0), text.as_bytes());
     let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(body.replace("{signature}", &hex))
+    top.insert(sig.field.clone(), Value::String(hex));
+    serde_json::to_string(&json).map_err(|_| UNSIGNABLE)
 }
 
 /// `user: {login: x}` → `("user[login]", "x")`; strings raw, numbers and booleans as
