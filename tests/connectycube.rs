@@ -589,3 +589,85 @@ async fn a_signed_body_that_is_not_json_is_refused_at_load() {
     })
     .await
 }
+
+/// Two replicas sharing a Redis: one create-session call for the user however the
+/// requests are spread, and the replica that did not make it checks the shared session
+/// with `GET /session` before using it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_store_make_one_create_session_call() {
+    bounded(async {
+        let redis = tokio::task::spawn_blocking(common::redis::RedisServer::start)
+            .await
+            .unwrap();
+        let cc = ConnectyCube::start(Duration::from_secs(7200)).await;
+        let store_secret = "itest-shared-store-secret-cc-5f1e2d3c4b5a6978";
+        let redis_url = redis.url();
+        let store = [
+            SHORT_CACHE,
+            ("AUTH_SIDECAR__SHARED_STORE__URL", redis_url.as_str()),
+            (
+                "AUTH_SIDECAR__SHARED_STORE__SECRET",
+                r#"{ env = "CC_STORE_SECRET" }"#,
+            ),
+            ("CC_STORE_SECRET", store_secret),
+        ];
+        let a = run(&cc, Backend::start().await, &store).await;
+        let b = run(&cc, Backend::start().await, &store).await;
+        let c = client();
+        let id_token = app_token("henry");
+        let (old, uid) = cc.user_session("henry", "Henry");
+        // Each replica has confirmed the token for henry.
+        for rig in [&a, &b] {
+            send(
+                c.get(rig.sc.url(PATH))
+                    .header("CB-Token", &old)
+                    .header("X-App-Identity", &id_token),
+            )
+            .await
+            .ok_echo();
+        }
+        expire(&cc, &old).await;
+        cc.set_create_delay(Duration::from_millis(300));
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let url = if i % 2 == 0 {
+                a.sc.url(PATH)
+            } else {
+                b.sc.url(PATH)
+            };
+            let (c, old, id) = (c.clone(), old.clone(), id_token.clone());
+            tasks.push(tokio::spawn(async move {
+                send(
+                    c.get(&url)
+                        .header("CB-Token", &old)
+                        .header("X-App-Identity", &id),
+                )
+                .await
+            }));
+        }
+        let mut tokens = std::collections::HashSet::new();
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(
+                r.ok_echo().header("x-auth-user-id"),
+                Some(uid.to_string().as_str())
+            );
+            tokens.insert(r.header("x-auth-access-token").unwrap().to_string());
+        }
+        assert_eq!(
+            cc.creates(),
+            1,
+            "one create-session call across both replicas"
+        );
+        assert_eq!(tokens.len(), 1, "both replicas handed out the same session");
+        // Nothing in Redis holds the session token in the clear.
+        let new = tokens.into_iter().next().unwrap();
+        for e in redis.dump() {
+            assert!(
+                !format!("{e:?}").contains(&new),
+                "the store holds the token"
+            );
+        }
+    })
+    .await
+}

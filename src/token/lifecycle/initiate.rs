@@ -119,12 +119,12 @@ impl Lifecycle {
             rejected_ttl: std::time::Duration::ZERO,
             retry_after: self.retry_after(),
         };
-        // A shared pair is verified as a JWT; opaque sessions stay per replica.
-        let result = if s.opaque.is_some() {
-            self.initiate_call(&s).await
-        } else {
-            self.coordinated(flight, Box::new(|| Box::pin(self.initiate_call(&s))))
-                .await
+        let call: crate::token::coordinate::CallOnce<'_> =
+            Box::new(|| Box::pin(self.initiate_call(&s)));
+        let result = match &s.opaque {
+            // A session another replica started is checked by the session check.
+            Some(o) => self.coordinated_opaque(flight, call, &o.check).await,
+            None => self.coordinated(flight, call).await,
         };
         if matches!(result, Err(RenewError::Rejected(_))) {
             // Remembered before the single flight ends, so no waiter can slip in a second call.

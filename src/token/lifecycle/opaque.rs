@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::initiate::Subject;
 use super::{Lifecycle, RenewError, Session};
+use crate::token::coordinate::{CallOnce, Coordinated, Flight, Pair};
 use crate::token::remote::Introspector;
 use crate::token::verify::Verified;
 
@@ -88,6 +89,37 @@ impl Lifecycle {
             ));
         }
         Ok(new)
+    }
+
+    /// `coordinated` for an opaque session: one create-session call per user across
+    /// the replicas sharing a store; a session another replica started is checked with
+    /// the session check (it is not a JWT) before anyone uses it.
+    pub(super) async fn coordinated_opaque<'a>(
+        &'a self,
+        flight: Flight<'a>,
+        call: CallOnce<'a>,
+        check: &Arc<Introspector>,
+    ) -> Result<Arc<Session>, RenewError> {
+        let Some(c) = &self.coordinator else {
+            return call().await;
+        };
+        match c.coordinate(flight, call).await {
+            Coordinated::Ran(r) => r,
+            Coordinated::Refused(e) => Err(e),
+            Coordinated::Shared(Pair {
+                access_token,
+                refresh_token,
+            }) => match check.check(&access_token).await {
+                Ok(v) => Ok(Arc::new(Session {
+                    access_token,
+                    refresh_token,
+                    verified: v,
+                    initiated: true,
+                })),
+                Err(crate::token::VerifyError::Unavailable { .. }) => Err(self.unavailable()),
+                Err(_) => Err(RenewError::BadResponse("a shared session does not check")),
+            },
+        }
     }
 
     /// A first opaque session for the user an app identity token proves (the client has
