@@ -104,6 +104,20 @@ impl Credentials {
                 headers.insert(header::AUTHORIZATION, v);
             }
         }
+        if let Some(h) = &self.auth.token_header {
+            // The renewed token replaces the client's only where the client sent it.
+            match renewed_access_token.filter(|_| self.auth.forward_token_header) {
+                Some(t) if source == Some(Source::Header) => {
+                    if let Ok(v) = HeaderValue::from_str(t) {
+                        headers.insert(h.clone(), v);
+                    }
+                }
+                _ if !self.auth.forward_token_header => {
+                    headers.remove(h);
+                }
+                _ => {}
+            }
+        }
         let query = match (&self.auth.query_param, query) {
             (Some(name), Some(q)) if upgrade => query_without(q, name),
             (_, q) => q.map(str::to_string),
@@ -124,6 +138,8 @@ impl Credentials {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Authorization,
+    /// `auth.token_header` (e.g. ConnectyCube's `CB-Token`).
+    Header,
     Cookie,
     Query,
     WebSocketProtocol,
@@ -167,6 +183,24 @@ pub fn extract<'a>(
             put(Credential {
                 token: t.into(),
                 source: Source::Authorization,
+            })?;
+        }
+    }
+    if let Some(name) = &auth.token_header {
+        let mut hits = parts.headers.get_all(name).iter();
+        if let Some(v) = hits.next() {
+            if hits.next().is_some() {
+                return Err(ProxyError::InvalidRequest(
+                    "the token header was sent more than once",
+                ));
+            }
+            let t = v
+                .to_str()
+                .map_err(|_| ProxyError::InvalidToken("the access token is malformed"))?
+                .trim_matches(' ');
+            put(Credential {
+                token: check_token_chars(t)?.into(),
+                source: Source::Header,
             })?;
         }
     }

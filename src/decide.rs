@@ -65,20 +65,36 @@ pub fn check_route(
     }
     let Some(claims) = claims else { return Ok(()) };
     for (claim, want) in &route.require_claims {
-        let ok = match claims.get(claim) {
-            Some(Value::String(s)) => {
-                s == want || (claim == "scope" && s.split(' ').any(|x| x == want))
-            }
-            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(want)),
-            Some(Value::Bool(b)) => b.to_string() == *want,
-            Some(Value::Number(n)) => n.to_string() == *want,
-            _ => false,
-        };
-        if !ok {
+        if !claim_matches(claims, claim, want) {
             return Err(ProxyError::InsufficientScope(
                 "the token lacks a claim this route requires",
             ));
         }
     }
+    // The first limit whose condition fits this identity decides its methods.
+    let limit = route.limits.iter().find(|l| {
+        l.claims
+            .iter()
+            .all(|(claim, want)| claim_matches(claims, claim, want))
+    });
+    if limit.is_some_and(|l| !l.methods.contains(method)) {
+        return Err(ProxyError::InsufficientScope(
+            "this method is not allowed for this kind of session",
+        ));
+    }
     Ok(())
+}
+
+/// Claim `claim` has value `want`: string equal, array contains, space-separated
+/// `scope` contains, or a bool/number written as text.
+fn claim_matches(claims: &Map<String, Value>, claim: &str, want: &str) -> bool {
+    match claims.get(claim) {
+        Some(Value::String(s)) => {
+            s == want || (claim == "scope" && s.split(' ').any(|x| x == want))
+        }
+        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(want)),
+        Some(Value::Bool(b)) => b.to_string() == want,
+        Some(Value::Number(n)) => n.to_string() == want,
+        _ => false,
+    }
 }

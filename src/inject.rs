@@ -23,7 +23,11 @@ impl Project for IdentityHeaders {
         const BAD: &str = "a claim cannot be sent as a header value";
         let cfg = &self.0;
         let value = |s: &str| HeaderValue::from_str(s).map_err(|_| BAD);
-        let mut out = vec![(cfg.user_id.clone(), value(sub)?)];
+        // An application session has no user: no user id header at all.
+        let mut out = Vec::with_capacity(4);
+        if !sub.is_empty() {
+            out.push((cfg.user_id.clone(), value(sub)?));
+        }
         let mut add = |name: &HeaderName, claim: Option<&Value>| -> Result<(), &'static str> {
             match claim {
                 Some(Value::String(s)) => out.push((name.clone(), value(s)?)),
@@ -42,6 +46,7 @@ impl Project for IdentityHeaders {
         };
         add(&cfg.email, claims.get("email"))?;
         add(&cfg.name, claims.get("name"))?;
+        add(&cfg.session_kind, claims.get("session_kind"))?;
         for (claim, header) in &cfg.claims {
             add(header, claims.get(claim))?;
         }

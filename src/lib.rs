@@ -69,7 +69,7 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
     let (Some(keys), Some(tls)) = (keys, tls) else {
         return Err(problems);
     };
-    if keys.is_empty() && cfg.auth.jwks_url.is_none() {
+    if keys.is_empty() && cfg.auth.jwks_url.is_none() && cfg.auth.has_keys() {
         return Err(vec!["auth: no usable verification key was loaded".into()]);
     }
     if !problems.is_empty() {
@@ -89,7 +89,12 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
     let route_claims = cfg
         .routes
         .iter()
-        .flat_map(|r| r.require_claims.iter().map(|(c, _)| c.clone()))
+        .flat_map(|r| {
+            r.require_claims
+                .iter()
+                .chain(r.limits.iter().flat_map(|l| l.claims.iter()))
+                .map(|(c, _)| c.clone())
+        })
         .collect();
     let identity: Arc<dyn token::Project> = Arc::new(inject::IdentityHeaders(cfg.identity.clone()));
     let verifier =
@@ -109,10 +114,14 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
         coordinator,
         verifier.clone(),
     );
-    let introspector = cfg
-        .introspection
-        .clone()
-        .map(|i| token::Introspector::new(i, http.clone(), identity, lifecycle.retry_after()));
+    let remember = cfg
+        .initiate
+        .as_ref()
+        .map(|i| i.max_staleness)
+        .unwrap_or(std::time::Duration::from_secs(3600));
+    let introspector = cfg.introspection.clone().map(|i| {
+        token::Introspector::new(i, http.clone(), identity, lifecycle.retry_after(), remember)
+    });
     let assertion = match &cfg.assertion {
         Some(a) => Some(Arc::new(
             assertion::Signer::new(a, &cfg.identity).map_err(|e| vec![e])?,

@@ -21,7 +21,9 @@ use crate::error::ProxyError;
 use crate::forward::{Forwarder, Hop};
 use crate::inject;
 use crate::metrics::{Decision, Metrics};
-use crate::token::{Introspector, JwksRemote, Lifecycle, Session, Verdict, Verified, Verifier};
+use crate::token::{
+    Checked, Introspector, JwksRemote, Lifecycle, Session, Verdict, Verified, Verifier,
+};
 
 /// Everything a request needs, built once per config (and swapped whole on reload).
 pub struct State {
@@ -409,6 +411,14 @@ async fn authorize(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<()
 async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(), ProxyError> {
     let app_token = ctx.owned.app_token.as_deref();
     let Some(cred) = state.credentials.access_token(parts, ctx.upgrade)? else {
+        if let (Some(t), Some(intro)) = (app_token, &state.introspector) {
+            if !state.cfg.auth.has_keys() && state.lifecycle.can_initiate() {
+                // Every token is opaque here: the new one is checked by the session check.
+                let s = state.lifecycle.start_opaque(t, intro).await?;
+                ctx.renewed(s);
+                return Ok(());
+            }
+        }
         if app_token.is_some() && state.lifecycle.can_renew() {
             let s = state.lifecycle.renew(None, None, app_token).await?;
             ctx.renewed(s);
@@ -424,10 +434,9 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
     check_upgrade_origin(state, ctx, cred.source)?;
     if let Some(intro) = &state.introspector {
         // Opaque (non-JWT) tokens are checked with the token service.
-        if cred.token.bytes().filter(|b| *b == b'.').count() != 2 {
-            ctx.who = Some(intro.check(&cred.token).await?);
-            ctx.decision = Decision::Allowed;
-            return Ok(());
+        if !state.cfg.auth.has_keys() || cred.token.bytes().filter(|b| *b == b'.').count() != 2 {
+            let app_token = app_token.map(str::to_string);
+            return identify_opaque(state, ctx, intro, &cred.token, app_token.as_deref()).await;
         }
     }
     let mut verdict = state.verifier.verify(&cred.token);
@@ -453,6 +462,32 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
             let refresh = ctx.owned.refresh_token.as_deref();
             let s = state.lifecycle.renew(Some(old), refresh, app_token).await?;
             ctx.renewed(s);
+        }
+    }
+    Ok(())
+}
+
+/// An opaque token: the session check's answer, or a server-side renewal of a session
+/// that is gone but was confirmed for its user recently.
+async fn identify_opaque(
+    state: &State,
+    ctx: &mut Ctx<'_>,
+    intro: &Arc<Introspector>,
+    token: &str,
+    app_token: Option<&str>,
+) -> Result<(), ProxyError> {
+    match intro.session(token).await? {
+        Checked::Active(v) => {
+            ctx.who = Some(v);
+            ctx.decision = Decision::Allowed;
+        }
+        Checked::Gone(Some(old)) if state.lifecycle.can_initiate() => {
+            let s = state.lifecycle.renew_opaque(old, app_token, intro).await?;
+            ctx.renewed(s);
+        }
+        Checked::Gone(Some(_)) => return Err(ProxyError::TokenExpired),
+        Checked::Gone(None) => {
+            return Err(ProxyError::InvalidToken("the access token is not active"))
         }
     }
     Ok(())

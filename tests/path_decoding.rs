@@ -71,7 +71,7 @@ proptest! {
         raw in raw_under_public()
     ) {
         let routes = vec![
-            Route { prefix: "/public".into(), mode: RouteMode::Public, methods: vec![], require_claims: vec![] },
+            Route { prefix: "/public".into(), mode: RouteMode::Public, methods: vec![], require_claims: vec![], limits: vec![] },
         ];
         if let Ok((canonical, forwarded)) = resolve_path(&raw) {
             let rule = route_for(&routes, &canonical).map(|r| r.mode);

@@ -52,6 +52,7 @@ fn routes_match_on_segment_boundaries_and_ignore_params() {
         mode,
         methods: vec![],
         require_claims: vec![],
+        limits: vec![],
     };
     let routes = vec![
         r("/public/x", RouteMode::Required),

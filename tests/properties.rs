@@ -56,6 +56,7 @@ fn routes() -> Vec<Route> {
         mode,
         methods: vec![],
         require_claims: vec![],
+        limits: vec![],
     };
     let mut v = vec![
         r("/public", RouteMode::Public),

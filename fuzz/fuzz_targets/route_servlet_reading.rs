@@ -53,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
         mode,
         methods: vec![],
         require_claims: vec![],
+        limits: vec![],
     };
     let routes = [
         route("/public", RouteMode::Public),

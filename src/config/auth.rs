@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderName, Uri};
 use jsonwebtoken::Algorithm;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,14 @@ pub struct Auth {
     /// On upgrades only: a `Sec-WebSocket-Protocol` entry with this prefix carries the
     /// token (removed before forwarding; not empty when set).
     pub websocket_protocol_prefix: Option<String>,
+    /// Also accept the access token as the whole value of this header (ConnectyCube
+    /// clients send `CB-Token: <token>`); one credential per request as for the others.
+    #[serde(with = "types::opt_header")]
+    #[schemars(with = "Option<String>")]
+    pub token_header: Option<HeaderName>,
+    /// Forward `token_header` to the backend (after a renewal: the new token); off =
+    /// removed.
+    pub forward_token_header: bool,
 }
 
 impl Default for Auth {
@@ -123,6 +131,8 @@ impl Default for Auth {
             cookie: None,
             query_param: None,
             websocket_protocol_prefix: None,
+            token_header: None,
+            forward_token_header: false,
         }
     }
 }
@@ -192,7 +202,19 @@ impl Auth {
         })
     }
 
-    pub(super) fn validate(&mut self, c: &mut Checker<'_>) {
+    /// Whether any JWT key source is configured (none: every token is opaque, checked
+    /// by the session check).
+    pub fn has_keys(&self) -> bool {
+        self.hmac_secret.is_some()
+            || !self.public_keys.is_empty()
+            || self.jwks.is_some()
+            || self.jwks_url.is_some()
+    }
+
+    /// `opaque`: a session check is configured, so a config without any JWT key is
+    /// valid (every token goes to the session check).
+    pub(super) fn validate(&mut self, c: &mut Checker<'_>, opaque: bool) {
+        let keyless = opaque && !self.has_keys();
         if self.algorithms.is_empty() {
             c.fail("auth.algorithms: at least one algorithm is required".into());
         }
@@ -203,7 +225,7 @@ impl Auth {
                 c.fail("auth.hmac_secret: must be at least 32 bytes (RFC 7518 §3.2)".into());
             }
         }
-        if wants_hmac && self.hmac_secret.is_none() {
+        if wants_hmac && self.hmac_secret.is_none() && !keyless {
             c.fail(
                 "auth.hmac_secret: an HS* algorithm is allowed but no secret is configured".into(),
             );
@@ -234,6 +256,7 @@ impl Auth {
             }
         }
         if wants_public
+            && !keyless
             && self.public_keys.is_empty()
             && self.jwks.is_none()
             && self.jwks_url.is_none()
@@ -261,6 +284,11 @@ impl Auth {
         }
         if self.expired_cache_ttl.is_zero() {
             c.fail("auth.expired_cache_ttl: must be greater than zero".into());
+        }
+        if self.token_header.as_ref().is_some_and(|h| {
+            h == http::header::AUTHORIZATION || h == http::header::COOKIE || h == http::header::HOST
+        }) {
+            c.fail("auth.token_header: must be a header of its own (not Authorization, Cookie or Host)".into());
         }
         for (key, v) in [
             ("auth.cookie", &self.cookie),

@@ -28,6 +28,11 @@ pub struct Identity {
     #[serde(with = "types::header")]
     #[schemars(with = "String")]
     pub name: HeaderName,
+    /// Header set from the claim `session_kind` (`app`, `guest` or `user`, from the
+    /// session check), when the identity has one.
+    #[serde(with = "types::header")]
+    #[schemars(with = "String")]
+    pub session_kind: HeaderName,
     /// Extra claim → header map, e.g. `{ role = "x-auth-role" }` (arrays joined with `,`).
     #[serde(with = "types::header_map")]
     #[schemars(with = "BTreeMap<String, String>")]
@@ -45,6 +50,7 @@ impl Default for Identity {
             user_id: HeaderName::from_static("x-auth-user-id"),
             email: HeaderName::from_static("x-auth-email"),
             name: HeaderName::from_static("x-auth-name"),
+            session_kind: HeaderName::from_static("x-auth-session-kind"),
             claims: BTreeMap::new(),
             all_claims: None,
         }
@@ -54,7 +60,7 @@ impl Default for Identity {
 impl Identity {
     /// Every header the sidecar sets from identity.
     pub fn all_headers(&self) -> impl Iterator<Item = &HeaderName> {
-        [&self.user_id, &self.email, &self.name]
+        [&self.user_id, &self.email, &self.name, &self.session_kind]
             .into_iter()
             .chain(self.claims.values())
             .chain(self.all_claims.iter())

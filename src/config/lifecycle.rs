@@ -211,11 +211,24 @@ pub struct Initiate {
     /// `api_key_header` with the loaded `api_key`.
     #[serde(skip)]
     pub api_key: ApiKey,
+    /// The API key goes only in the body, where it has `{api_key}` (ConnectyCube's
+    /// `auth_key`), not in `api_key_header`.
+    pub api_key_in_body: bool,
     /// Request body template, filled from the verified identity: `{sub}`, `{email}`,
     /// `{name}`, `{external_id}` (JSON-escaped), and any claim of the proving token:
     /// `{claim:NAME}` (its text, JSON-escaped), `{bool:NAME}` (`true` when the claim is
-    /// true, else `false`), `{json:NAME}` (its JSON value, `null` when absent).
+    /// true, else `false`), `{json:NAME}` (its JSON value, `null` when absent). For an
+    /// opaque session renewed server-side also `{login}` (the confirmed session's login)
+    /// and `{app_token}` (the app identity token the client sent: a Custom Identity
+    /// Provider login); always `{nonce}` (random, 10 digits) and `{timestamp}` (Unix
+    /// seconds), `{signature}` with `[initiate.signature]` and `{api_key}` with
+    /// `api_key_in_body`.
     pub body: String,
+    /// Body template for renewing a guest session (a guest is a new user each time);
+    /// unset = guest sessions are not renewed. Placeholders as in `body`.
+    pub guest_body: Option<String>,
+    /// Sign the body (ConnectyCube's create-session call); unset = unsigned.
+    pub signature: Option<Signature>,
     /// Static headers sent on every initiate call (an SDK's platform headers), name →
     /// value; not a secret (the API key goes in `api_key`).
     pub headers: BTreeMap<String, String>,
@@ -276,6 +289,64 @@ pub struct Initiate {
     pub rejected_ttl: Duration,
 }
 
+/// Whether a body template is a JSON object with its placeholders filled in (numbers
+/// where `{nonce}`/`{timestamp}` stand bare, text inside strings).
+fn signable(template: &str) -> bool {
+    let mut t = template.replace("{nonce}", "1").replace("{timestamp}", "1");
+    for p in [
+        "{sub}",
+        "{email}",
+        "{name}",
+        "{external_id}",
+        "{login}",
+        "{app_token}",
+        "{api_key}",
+        "{signature}",
+    ] {
+        t = t.replace(p, "x");
+    }
+    matches!(
+        serde_json::from_str::<serde_json::Value>(&t),
+        Ok(serde_json::Value::Object(_))
+    )
+}
+
+/// A signature over the initiate body's own parameters: every field except `field`
+/// (nested objects as `user[login]`), sorted by name, joined as `name=value&…`, MACed
+/// with the secret and written in hex as the value of `field` (where the body has
+/// `{signature}`).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct Signature {
+    /// `hmac-sha1` (ConnectyCube) or `hmac-sha256`.
+    pub algorithm: SignatureAlgorithm,
+    /// The MAC key, a secret reference (required): ConnectyCube's auth secret.
+    pub secret: Secret,
+    /// The body field that carries the signature (left out of the signed string).
+    pub field: String,
+}
+
+/// MAC of an initiate signature.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureAlgorithm {
+    /// HMAC-SHA1, hex.
+    #[default]
+    HmacSha1,
+    /// HMAC-SHA256, hex.
+    HmacSha256,
+}
+
+impl Default for Signature {
+    fn default() -> Self {
+        Self {
+            algorithm: SignatureAlgorithm::HmacSha1,
+            secret: Secret::default(),
+            field: "signature".into(),
+        }
+    }
+}
+
 impl Default for ApiKey {
     fn default() -> Self {
         ApiKey {
@@ -292,11 +363,14 @@ impl Default for Initiate {
             api_key_secret: Secret::default(),
             api_key_header: HeaderName::from_static("x-api-key"),
             api_key: ApiKey::default(),
+            api_key_in_body: false,
             body: r#"{"user_unique_id": "{sub}", "user_name": "{name}"}"#.into(),
             headers: BTreeMap::new(),
             extra_headers: Vec::new(),
             token_format: TokenFormat::Jwt,
             opaque_lifetime: Duration::from_secs(3600),
+            guest_body: None,
+            signature: None,
             access_token_pointer: "/data/access_token".into(),
             refresh_token_pointer: "/data/refresh_token".into(),
             timeout: Duration::from_secs(5),
@@ -329,6 +403,32 @@ impl Initiate {
                 header: self.api_key_header.clone(),
                 secret: self.api_key_secret.value.clone(),
             };
+        }
+        if self.api_key_in_body && !self.body.contains("{api_key}") {
+            c.fail("initiate.body: must contain {api_key} with api_key_in_body".into());
+        }
+        if let Some(sig) = &mut self.signature {
+            if !sig.secret.is_set() {
+                c.fail("initiate.signature.secret: required (env or file)".into());
+            } else {
+                sig.secret.load("initiate.signature.secret", c);
+            }
+            if sig.field.is_empty() {
+                c.fail("initiate.signature.field: must not be empty".into());
+            }
+            for (key, b) in [
+                ("initiate.body", Some(&self.body)),
+                ("initiate.guest_body", self.guest_body.as_ref()),
+            ] {
+                let Some(b) = b else { continue };
+                if !b.contains("{signature}") {
+                    c.fail(format!(
+                        "{key}: must contain {{signature}} with [initiate.signature]"
+                    ));
+                } else if !signable(b) {
+                    c.fail(format!("{key}: must be a JSON object once its placeholders are filled (the signature is computed over its fields)"));
+                }
+            }
         }
         if self.timeout.is_zero() {
             c.fail("initiate.timeout: must be greater than zero".into());
@@ -430,6 +530,71 @@ pub struct Introspection {
     pub negative_ttl: Duration,
     /// Cached answers, at most (0 is read as 1).
     pub cache_capacity: u64,
+    /// `rfc7662` (the default): the token in a form body, `active` must be true;
+    /// `session`: a vendor's own session call (ConnectyCube's `GET /session`), the
+    /// token in `token_header`, a 2xx answer is a live session and 401/403/404 one that
+    /// does not exist.
+    pub style: CheckStyle,
+    /// Method of the call; unset = POST for `rfc7662`, GET for `session`.
+    #[serde(with = "types::opt_method")]
+    #[schemars(with = "Option<String>")]
+    pub method: Option<Method>,
+    /// Header the token is sent in (the `session` style, required there), e.g.
+    /// `CB-Token`.
+    #[serde(with = "types::opt_header")]
+    #[schemars(with = "Option<String>")]
+    pub token_header: Option<HeaderName>,
+    /// JSON pointer to the user id (`sub`); unset = `/sub`, else `/username`
+    /// (RFC 7662). A number is read as its decimal text; `0`, null or absent means an
+    /// application session (no user) when `app_sessions` is on.
+    pub user_id_pointer: Option<String>,
+    /// JSON pointer to the login (claim `login`; also `{login}` in initiate bodies).
+    pub login_pointer: Option<String>,
+    /// JSON pointer to the email (claim `email`); unset = `/email`.
+    pub email_pointer: Option<String>,
+    /// JSON pointer to the display name (claim `name`); unset = `/name`.
+    pub name_pointer: Option<String>,
+    /// JSON pointer to the expiry (seconds since the epoch); unset = `/exp` for
+    /// `rfc7662`, none for `session`. No expiry: the session lives `idle_timeout` (else `cache_ttl`)
+    /// from its last confirmation.
+    pub expiry_pointer: Option<String>,
+    /// JSON pointer to a session kind given as text (`app`, `guest`, `user`); unset =
+    /// derived: no user = `app`, `guest_pointer` true = `guest`, else `user`. The kind
+    /// is the claim `session_kind`, which route `limits` can test.
+    pub kind_pointer: Option<String>,
+    /// JSON pointer to a flag (true, 1 or "1") that marks a guest user.
+    pub guest_pointer: Option<String>,
+    /// A session without a user (user id 0, null or absent) is an application session
+    /// instead of an invalid token.
+    pub app_sessions: bool,
+    /// Sliding expiry: an answer is trusted at most this long after the vendor last
+    /// confirmed it (ConnectyCube: 2 h after the last request); unset = no idle limit.
+    #[serde(with = "types::duration_or_off")]
+    #[schemars(with = "String")]
+    pub idle_timeout: Option<Duration>,
+    /// With `idle_timeout`: a session in use whose confirmation is older than this is
+    /// re-confirmed in the background (the request goes on), so the vendor sees it
+    /// active before the idle window ends; unset = half of `idle_timeout`.
+    #[serde(with = "types::duration_or_off")]
+    #[schemars(with = "String")]
+    pub reconfirm_after: Option<Duration>,
+    /// How long a confirmed session is remembered (by token hash) as proof of its user
+    /// for a server-side renewal once the vendor says it no longer exists; unset =
+    /// `initiate.max_staleness`.
+    #[serde(with = "types::duration_or_off")]
+    #[schemars(with = "String")]
+    pub remember_for: Option<Duration>,
+}
+
+/// How the session check call is made and read.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStyle {
+    /// RFC 7662 token introspection.
+    #[default]
+    Rfc7662,
+    /// A vendor session call with the token in a header.
+    Session,
 }
 
 /// The introspection client's credentials.
@@ -450,6 +615,20 @@ impl Default for Introspection {
             cache_ttl: Duration::from_secs(5 * 60),
             negative_ttl: Duration::from_secs(10),
             cache_capacity: 100_000,
+            style: CheckStyle::Rfc7662,
+            method: None,
+            token_header: None,
+            user_id_pointer: None,
+            login_pointer: None,
+            email_pointer: None,
+            name_pointer: None,
+            expiry_pointer: None,
+            kind_pointer: None,
+            guest_pointer: None,
+            app_sessions: false,
+            idle_timeout: None,
+            reconfirm_after: None,
+            remember_for: None,
         }
     }
 }
@@ -474,5 +653,41 @@ impl Introspection {
             }
         };
         self.cache_capacity = self.cache_capacity.max(1);
+        if self.style == CheckStyle::Session && self.token_header.is_none() {
+            c.fail("introspection.token_header: required with style = \"session\"".into());
+        }
+        for (key, p) in [
+            ("introspection.user_id_pointer", &self.user_id_pointer),
+            ("introspection.login_pointer", &self.login_pointer),
+            ("introspection.email_pointer", &self.email_pointer),
+            ("introspection.name_pointer", &self.name_pointer),
+            ("introspection.expiry_pointer", &self.expiry_pointer),
+            ("introspection.kind_pointer", &self.kind_pointer),
+            ("introspection.guest_pointer", &self.guest_pointer),
+        ] {
+            if let Some(p) = p {
+                c.pointer(key, p);
+            }
+        }
+        if self.timeout.is_zero() {
+            c.fail("introspection.timeout: must be greater than zero".into());
+        }
+        if self.idle_timeout.is_some_and(|d| d.is_zero()) {
+            c.fail("introspection.idle_timeout: must be greater than zero".into());
+        }
+        if let (Some(idle), Some(re)) = (self.idle_timeout, self.reconfirm_after) {
+            if re >= idle {
+                c.fail("introspection.reconfirm_after: must be below idle_timeout".into());
+            }
+        }
+    }
+
+    /// The method of the call.
+    pub fn method(&self) -> Method {
+        match (&self.method, self.style) {
+            (Some(m), _) => m.clone(),
+            (None, CheckStyle::Rfc7662) => Method::POST,
+            (None, CheckStyle::Session) => Method::GET,
+        }
     }
 }

@@ -40,12 +40,13 @@ pub use cors::{Cors, CorsMode};
 pub use forward_auth::ForwardAuth;
 pub use identity::Identity;
 pub use lifecycle::{
-    ApiKey, AppIdentity, ClientCredentials, Initiate, Introspection, Refresh, TokenFormat,
+    ApiKey, AppIdentity, CheckStyle, ClientCredentials, Initiate, Introspection, Refresh,
+    Signature, SignatureAlgorithm, TokenFormat,
 };
 pub use log::{Log, LogFormat};
 pub use otel::{OtlpProtocol, Tracing};
 pub use response::ResponseTokens;
-pub use routes::{Route, RouteMode};
+pub use routes::{Limit, Route, RouteMode};
 pub use secret::{Secret, SecretBytes};
 pub use server::{Admin, Server, Tls};
 pub use store::SharedStore;
@@ -95,7 +96,8 @@ pub struct Config {
     pub initiate: Option<Initiate>,
     /// Your app's own identity token as a proof of the user for initiate.
     pub app_identity: Option<AppIdentity>,
-    /// RFC 7662 introspection of opaque tokens; unset = JWTs only.
+    /// The session check for opaque tokens: RFC 7662 introspection, or a vendor's
+    /// session call (`style = "session"`); unset = JWTs only.
     pub introspection: Option<Introspection>,
     /// Redis shared by the replicas, so each refresh and initiate is made once across
     /// them; unset = each replica on its own.
@@ -204,7 +206,7 @@ impl Config {
             }
         }
         self.backend.validate(c);
-        self.auth.validate(c);
+        self.auth.validate(c, self.introspection.is_some());
         self.identity.validate(c);
         routes::validate(c, &mut self.routes);
         if let Some(r) = &mut self.refresh {
@@ -286,6 +288,9 @@ impl Config {
         }
         if let Some(i) = &mut self.initiate {
             fix_secret(&mut i.api_key_secret);
+            if let Some(sig) = &mut i.signature {
+                fix_secret(&mut sig.secret);
+            }
         }
         if let Some(a) = &mut self.app_identity {
             fix_secret(&mut a.secret);

@@ -5,7 +5,9 @@
 
 use serde_json::Value as Json;
 
-use super::{AppIdentity, Config, Initiate, Introspection, PublicKey, Refresh, Route, Tls};
+use super::{
+    AppIdentity, Config, Initiate, Introspection, Limit, PublicKey, Refresh, Route, Signature, Tls,
+};
 
 /// One row of the reference: a key, its default as written in TOML, and its doc.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +39,7 @@ const ORDER: [&str; 12] = [
 ];
 
 /// Keys that have no default: the file must set them when their table is present.
-const REQUIRED: [&str; 9] = [
+const REQUIRED: [&str; 12] = [
     "server.tls.cert_file",
     "server.tls.key_file",
     "auth.public_keys[].file",
@@ -45,6 +47,9 @@ const REQUIRED: [&str; 9] = [
     "refresh.url",
     "initiate.url",
     "initiate.api_key",
+    "initiate.signature.secret",
+    "routes[].limits[].claims",
+    "routes[].limits[].methods",
     "app_identity.secret",
     "introspection.url",
 ];
@@ -85,9 +90,15 @@ fn defaults() -> toml::Value {
     let mut c = Config::default();
     c.server.tls = Some(Tls::default());
     c.auth.public_keys = vec![PublicKey::default()];
-    c.routes = vec![Route::default()];
+    c.routes = vec![Route {
+        limits: vec![Limit::default()],
+        ..Route::default()
+    }];
     c.refresh = Some(Refresh::default());
-    c.initiate = Some(Initiate::default());
+    c.initiate = Some(Initiate {
+        signature: Some(Signature::default()),
+        ..Initiate::default()
+    });
     c.app_identity = Some(AppIdentity::default());
     c.introspection = Some(Introspection::default());
     toml::Value::try_from(&c).unwrap_or(toml::Value::Table(toml::Table::new()))

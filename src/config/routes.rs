@@ -29,6 +29,25 @@ pub struct Route {
     #[serde(with = "types::string_pairs")]
     #[schemars(with = "std::collections::BTreeMap<String, String>")]
     pub require_claims: Vec<(String, String)>,
+    /// Methods by who is asking: the first entry whose `claims` all match the identity
+    /// allows only its `methods` (403 `insufficient_scope` for others), e.g.
+    /// `[{ claims = { session_kind = "app" }, methods = ["GET", "HEAD"] }]`. Claims
+    /// match as in `require_claims`. Not on a public route.
+    pub limits: Vec<Limit>,
+}
+
+/// Methods allowed to identities that match a claim condition.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct Limit {
+    /// Claim → value, all required (at least one).
+    #[serde(with = "types::string_pairs")]
+    #[schemars(with = "std::collections::BTreeMap<String, String>")]
+    pub claims: Vec<(String, String)>,
+    /// Methods allowed to a matching identity (any case; at least one).
+    #[serde(with = "types::methods")]
+    #[schemars(with = "Vec<String>")]
+    pub methods: Vec<Method>,
 }
 
 fn root_as_slash<S: Serializer>(p: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -77,8 +96,15 @@ pub(super) fn validate(c: &mut Checker<'_>, routes: &mut Vec<Route>) {
                 r.prefix
             ));
         }
-        if r.mode == RouteMode::Public && !r.require_claims.is_empty() {
+        if r.mode == RouteMode::Public && !(r.require_claims.is_empty() && r.limits.is_empty()) {
             c.fail(format!("routes[{i}]: a public route cannot require claims"));
+        }
+        for (j, l) in r.limits.iter().enumerate() {
+            if l.claims.is_empty() || l.methods.is_empty() {
+                c.fail(format!(
+                    "routes[{i}].limits[{j}]: needs at least one claim and one method"
+                ));
+            }
         }
         r.prefix = prefix;
         out.push(r);

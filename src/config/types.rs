@@ -232,6 +232,20 @@ pub mod method {
     }
 }
 
+/// An optional HTTP method.
+pub mod opt_method {
+    use super::*;
+    pub fn serialize<S: Serializer>(m: &Option<Method>, s: S) -> Result<S::Ok, S::Error> {
+        match m {
+            Some(m) => s.serialize_str(m.as_str()),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Method>, D::Error> {
+        super::method::deserialize(d).map(Some)
+    }
+}
+
 /// A list of HTTP methods, any case (upper-cased).
 pub mod methods {
     use super::*;

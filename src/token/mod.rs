@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use coordinate::{Coordinated, Coordinator, Flight, Pair};
 pub use keys::KeySet;
 pub use lifecycle::{Lifecycle, RenewError, Session, Subject};
-pub use remote::{Introspector, JwksRemote};
+pub use remote::{Checked, Introspector, JwksRemote};
 pub use verify::{NoProjection, Project, Verdict, Verified, Verifier, VerifyError};
 
 use crate::config::Config;

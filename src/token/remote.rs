@@ -1,6 +1,8 @@
 //! Keys and answers that come over the network: a JWKS URL (fetched before ready,
 //! refreshed in the background, refetched on unknown `kid` at most once per interval,
-//! last good set kept on failure) and RFC 7662 introspection for opaque tokens.
+//! last good set kept on failure) and the session check for opaque tokens: RFC 7662
+//! introspection, or a vendor's own session call (ConnectyCube's `GET /session` with
+//! `CB-Token`), with a sliding idle window.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -18,7 +20,7 @@ use super::call::{Call, TokenHttp};
 use super::keys::KeySet;
 use super::now_secs;
 use super::verify::{Project, Verified, Verifier, VerifyError};
-use crate::config::{Introspection, Jwks};
+use crate::config::{CheckStyle, Introspection, Jwks};
 
 /// A JWKS endpoint and what we last got from it.
 pub struct JwksRemote {
@@ -195,17 +197,41 @@ impl JwksRemote {
     }
 }
 
-/// RFC 7662 introspection for tokens that are not JWTs, with answers cached.
+/// The session check for tokens that are not JWTs (RFC 7662 introspection, or a
+/// vendor's session call), with answers cached by token hash: never past the session's
+/// expiry nor, with `idle_timeout`, past the idle window since the vendor last confirmed
+/// it; a session in use is re-confirmed before that window ends.
 pub struct Introspector {
     cfg: Introspection,
     http: Arc<dyn TokenHttp>,
     project: Arc<dyn Project>,
     /// `Retry-After` when the endpoint cannot answer.
     retry_after: Duration,
-    cache: Cache<TokenHash, Option<Arc<Verified>>>,
+    cache: Cache<TokenHash, Option<Arc<Answer>>>,
+    /// The last identity the vendor confirmed for a token, kept `remember_for`: proof of
+    /// the user for a server-side renewal once the session is gone.
+    confirmed: Cache<TokenHash, Arc<Verified>>,
+    /// Tokens being re-confirmed in the background (one call per token at a time).
+    reconfirming: Cache<TokenHash, ()>,
+    reconfirm_after: Option<Duration>,
 }
 
-/// Introspection failed to give an answer (an outage, never a 401).
+/// A live session and when the vendor confirmed it.
+struct Answer {
+    v: Arc<Verified>,
+    at: Instant,
+}
+
+/// What the session check says about a token.
+pub enum Checked {
+    /// A live session.
+    Active(Arc<Verified>),
+    /// No such session (expired or never was); with the identity this sidecar last
+    /// confirmed for the token, if it remembers one.
+    Gone(Option<Arc<Verified>>),
+}
+
+/// The check failed to give an answer (an outage, never a 401).
 #[derive(Debug, Clone, Copy)]
 struct Unavailable;
 
@@ -214,15 +240,16 @@ struct AnswerTtl {
     negative_ttl: Duration,
 }
 
-impl moka::Expiry<TokenHash, Option<Arc<Verified>>> for AnswerTtl {
+impl moka::Expiry<TokenHash, Option<Arc<Answer>>> for AnswerTtl {
     fn expire_after_create(
         &self,
         _k: &TokenHash,
-        v: &Option<Arc<Verified>>,
+        v: &Option<Arc<Answer>>,
         _now: std::time::Instant,
     ) -> Option<Duration> {
         Some(match v {
-            Some(v) => Duration::from_secs(v.exp.saturating_sub(now_secs())).min(self.ttl),
+            // `exp` already includes the idle window (see `parse`).
+            Some(a) => Duration::from_secs(a.v.exp.saturating_sub(now_secs())).min(self.ttl),
             None => self.negative_ttl,
         })
     }
@@ -234,53 +261,144 @@ impl Introspector {
         http: Arc<dyn TokenHttp>,
         project: Arc<dyn Project>,
         retry_after: Duration,
+        remember_default: Duration,
     ) -> Arc<Self> {
+        let mut ttl = cfg.cache_ttl;
+        if let Some(idle) = cfg.idle_timeout {
+            ttl = ttl.min(idle);
+        }
         let cache = Cache::builder()
             .max_capacity(cfg.cache_capacity)
             .expire_after(AnswerTtl {
-                ttl: cfg.cache_ttl,
+                ttl,
                 negative_ttl: cfg.negative_ttl,
             })
             .build();
+        let confirmed = Cache::builder()
+            .max_capacity(cfg.cache_capacity)
+            .time_to_live(
+                cfg.remember_for
+                    .unwrap_or(remember_default)
+                    .max(Duration::from_millis(1)),
+            )
+            .build();
+        let reconfirming = Cache::builder()
+            .max_capacity(cfg.cache_capacity)
+            .time_to_live(cfg.timeout.saturating_mul(2).max(Duration::from_millis(1)))
+            .build();
+        let reconfirm_after = cfg
+            .idle_timeout
+            .map(|idle| cfg.reconfirm_after.unwrap_or(idle / 2));
         Arc::new(Introspector {
             cfg,
             http,
             project,
             retry_after,
             cache,
+            confirmed,
+            reconfirming,
+            reconfirm_after,
         })
     }
 
     /// The verified identity of an active token; an inactive one is invalid, and no
-    /// answer is an outage. One call per token at a time; answers cached until the
-    /// token's expiry or the TTL.
+    /// answer is an outage.
     pub async fn check(self: &Arc<Self>, token: &str) -> Result<Arc<Verified>, VerifyError> {
+        match self.session(token).await? {
+            Checked::Active(v) => Ok(v),
+            Checked::Gone(_) => Err(VerifyError::Invalid("the access token is not active")),
+        }
+    }
+
+    /// What the check says about a token. One call per token at a time; answers cached
+    /// (see the type's doc). No answer is an outage.
+    pub async fn session(self: &Arc<Self>, token: &str) -> Result<Checked, VerifyError> {
         let key = hash_token(token);
         let this = self.clone();
-        let token = token.to_string();
-        // The introspection span is a child of the request that asked.
+        let owned = token.to_string();
+        // The session check's span is a child of the request that asked.
         let task = tokio::spawn(
-            async move { this.cache.try_get_with(key, this.call(token)).await }
-                .with_current_context(),
+            async move {
+                this.cache
+                    .try_get_with(key, this.call_and_remember(key, owned))
+                    .await
+            }
+            .with_current_context(),
         );
         match task.await {
-            Ok(Ok(Some(v))) => Ok(v),
-            Ok(Ok(None)) => Err(VerifyError::Invalid("the access token is not active")),
+            Ok(Ok(Some(a))) => {
+                self.maybe_reconfirm(key, &a, token);
+                Ok(Checked::Active(a.v.clone()))
+            }
+            Ok(Ok(None)) => Ok(Checked::Gone(self.confirmed.get(&key).await)),
             _ => Err(VerifyError::Unavailable {
                 retry_after: self.retry_after,
             }),
         }
     }
 
-    async fn call(&self, token: String) -> Result<Option<Arc<Verified>>, Unavailable> {
-        let body = format!(
-            "token={}&token_type_hint=access_token",
-            percent_encoding::utf8_percent_encode(&token, percent_encoding::NON_ALPHANUMERIC)
-        );
-        let mut headers = vec![(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        )];
+    /// A session in use whose confirmation is getting old is confirmed again in the
+    /// background, so the vendor counts it as active and the cache stays warm.
+    fn maybe_reconfirm(self: &Arc<Self>, key: TokenHash, a: &Answer, token: &str) {
+        let Some(after) = self.reconfirm_after else {
+            return;
+        };
+        if a.at.elapsed() < after || self.reconfirming.contains_key(&key) {
+            return;
+        }
+        let this = self.clone();
+        let token = token.to_string();
+        tokio::spawn(async move {
+            if !this.reconfirming.entry(key).or_insert(()).await.is_fresh() {
+                return;
+            }
+            // An outage leaves the entry as it is: it still ends at the idle window.
+            if let Ok(answer) = this.call_and_remember(key, token).await {
+                this.cache.insert(key, answer).await;
+            }
+            this.reconfirming.invalidate(&key).await;
+        });
+    }
+
+    async fn call_and_remember(
+        &self,
+        key: TokenHash,
+        token: String,
+    ) -> Result<Option<Arc<Answer>>, Unavailable> {
+        let answer = self.call(token).await?;
+        if let Some(a) = &answer {
+            self.confirmed.insert(key, a.v.clone()).await;
+        }
+        Ok(answer)
+    }
+
+    async fn call(&self, token: String) -> Result<Option<Arc<Answer>>, Unavailable> {
+        let mut headers = Vec::new();
+        let mut body = Bytes::new();
+        match (&self.cfg.style, &self.cfg.token_header) {
+            (CheckStyle::Session, Some(h)) => {
+                let mut v = HeaderValue::from_str(&token).map_err(|_| Unavailable)?;
+                v.set_sensitive(true);
+                headers.push((h.clone(), v));
+            }
+            _ => {
+                body = Bytes::from(format!(
+                    "token={}&token_type_hint=access_token",
+                    percent_encoding::utf8_percent_encode(
+                        &token,
+                        percent_encoding::NON_ALPHANUMERIC
+                    )
+                ));
+                headers.push((
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
+                ));
+            }
+        }
+        headers.push((
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        ));
         if let Some(client) = &self.cfg.client {
             use base64::Engine;
             let mut raw = client.id.as_bytes().to_vec();
@@ -297,25 +415,30 @@ impl Introspector {
             .http
             .call(Call {
                 purpose: "introspection",
-                method: Method::POST,
+                method: self.cfg.method(),
                 uri: self.cfg.url.clone(),
                 headers,
-                body: Bytes::from(body),
+                body,
                 timeout: self.cfg.timeout,
                 max_response_bytes: 64 * 1024,
             })
             .await;
+        let session = self.cfg.style == CheckStyle::Session;
         let result = match answer {
-            Ok(a) if a.status == 200 => self.parse(&a.body),
+            Ok(a) if a.status == 200 || (session && (200..300).contains(&a.status)) => {
+                self.parse(&a.body)
+            }
+            // The vendor's "Required session does not exist".
+            Ok(a) if session && matches!(a.status, 401 | 403 | 404) => Ok(None),
             Ok(a) => {
                 tracing::warn!(
                     status = a.status,
-                    "introspection answered with an error status"
+                    "session check answered with an error status"
                 );
                 Err(Unavailable)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "introspection call failed");
+                tracing::warn!(error = %e, "session check call failed");
                 Err(Unavailable)
             }
         };
@@ -328,37 +451,101 @@ impl Introspector {
             .increment(1);
         metrics::histogram!("auth_sidecar_introspection_seconds")
             .record(started.elapsed().as_secs_f64());
-        result
+        result.map(|v| {
+            v.map(|v| {
+                Arc::new(Answer {
+                    v,
+                    at: Instant::now(),
+                })
+            })
+        })
     }
 
     fn parse(&self, body: &[u8]) -> Result<Option<Arc<Verified>>, Unavailable> {
+        let cfg = &self.cfg;
         let v: Map<String, Value> = serde_json::from_slice(body).map_err(|_| Unavailable)?;
-        if v.get("active") != Some(&Value::Bool(true)) {
+        let doc = Value::Object(v);
+        let session = cfg.style == CheckStyle::Session;
+        if !session && doc.get("active") != Some(&Value::Bool(true)) {
             return Ok(None);
         }
+        let at = |p: &Option<String>, default: &str| -> Option<&Value> {
+            match p {
+                Some(p) => doc.pointer(p),
+                None if default.is_empty() => None,
+                None => doc.pointer(default),
+            }
+        };
+        let text = |v: Option<&Value>| -> Option<String> {
+            match v? {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        };
+        let sub = match &cfg.user_id_pointer {
+            Some(p) => text(doc.pointer(p)),
+            None => text(doc.get("sub")).or_else(|| text(doc.get("username"))),
+        }
+        .filter(|s| s != "0");
+        let sub = match sub {
+            Some(s) => s,
+            None if cfg.app_sessions => String::new(),
+            None => return Ok(None),
+        };
         let now = now_secs();
-        let exp = v
-            .get("exp")
+        let fallback = cfg.idle_timeout.unwrap_or(cfg.cache_ttl).as_secs();
+        let mut exp = at(&cfg.expiry_pointer, if session { "" } else { "/exp" })
             .and_then(|e| e.as_u64())
-            .unwrap_or(now + self.cfg.cache_ttl.as_secs());
+            .unwrap_or(now.saturating_add(fallback));
+        if let Some(idle) = cfg.idle_timeout {
+            exp = exp.min(now.saturating_add(idle.as_secs()));
+        }
         if exp <= now {
             return Ok(None);
         }
-        let sub = v
-            .get("sub")
-            .or_else(|| v.get("username"))
-            .and_then(|s| s.as_str())
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
-        let Some(sub) = sub else { return Ok(None) };
-        let headers = match self.project.project(&sub, &v) {
+        // The session style keeps only what it derived (the raw answer holds the token);
+        // RFC 7662 answers are the token's claims.
+        let mut claims = match (&doc, session) {
+            (Value::Object(m), false) => m.clone(),
+            _ => Map::new(),
+        };
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                claims.insert(k.to_string(), Value::String(v));
+            }
+        };
+        put("login", text(at(&cfg.login_pointer, "")));
+        put("email", text(at(&cfg.email_pointer, "/email")));
+        put("name", text(at(&cfg.name_pointer, "/name")));
+        let guest = at(&cfg.guest_pointer, "").is_some_and(|g| {
+            matches!(g, Value::Bool(true)) || g.as_u64() == Some(1) || g.as_str() == Some("1")
+        });
+        let kind = text(at(&cfg.kind_pointer, "")).or_else(|| {
+            (session || cfg.app_sessions || cfg.guest_pointer.is_some()).then(|| {
+                if sub.is_empty() {
+                    "app"
+                } else if guest {
+                    "guest"
+                } else {
+                    "user"
+                }
+                .to_string()
+            })
+        });
+        put("session_kind", kind);
+        if !sub.is_empty() {
+            claims.insert("sub".into(), Value::String(sub.clone()));
+        }
+        claims.insert("exp".into(), Value::from(exp));
+        let headers = match self.project.project(&sub, &claims) {
             Ok(h) => h,
             Err(_) => return Ok(None),
         };
         Ok(Some(Arc::new(Verified {
             sub,
             exp,
-            claims: v,
+            claims,
             headers,
         })))
     }

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod connectycube;
 pub mod examples;
 pub mod front;
 pub mod h2raw;

@@ -26,6 +26,8 @@ pub(super) struct Exchange<'a> {
     pub budget: &'a super::budget::Budget,
     /// Set when the answer's token is opaque: who it is for, instead of verifying it.
     pub opaque: Option<Arc<Verified>>,
+    /// The new token is opaque: checked with this session check instead of as a JWT.
+    pub check: Option<&'a Arc<crate::token::remote::Introspector>>,
 }
 
 impl Lifecycle {
@@ -48,8 +50,9 @@ impl Lifecycle {
         };
         let json: Option<Value> = serde_json::from_slice(&answer.body).ok();
         match answer.status {
-            400 | 401 | 403 => {
-                if x.kind == "initiate" && answer.status != 400 {
+            // 422: understood and refused (ConnectyCube's "Unexpected signature").
+            400 | 401 | 403 | 422 => {
+                if x.kind == "initiate" && matches!(answer.status, 401 | 403) {
                     // Initiate carries no user credential: a 401/403 usually means the API key.
                     tracing::warn!(
                         status = answer.status,
@@ -118,6 +121,20 @@ impl Lifecycle {
                 verified: v,
                 initiated: x.initiated,
             }));
+        }
+        if let Some(check) = x.check {
+            return match check.check(access).await {
+                Ok(v) => Ok(Arc::new(Session {
+                    access_token: access.to_string(),
+                    refresh_token: refresh,
+                    verified: v,
+                    initiated: x.initiated,
+                })),
+                Err(crate::token::VerifyError::Unavailable { .. }) => Err(self.unavailable()),
+                Err(_) => Err(RenewError::BadResponse(
+                    "the token service returned a session that does not check",
+                )),
+            };
         }
         match self.verifier.verify_uncached(access, now_secs()) {
             Ok(Verdict::Valid(v)) => Ok(Arc::new(Session {

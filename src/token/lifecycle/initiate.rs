@@ -31,6 +31,18 @@ pub struct Subject {
     pub external_id: String,
     /// Every claim of the proving token (for the body template's `{claim:…}`).
     pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Set when renewing an opaque vendor session (see `opaque.rs`).
+    pub(super) opaque: Option<Opaque>,
+}
+
+/// What renewing an opaque session adds to a subject.
+#[derive(Clone)]
+pub(super) struct Opaque {
+    pub(super) login: String,
+    pub(super) app_token: String,
+    pub(super) guest: bool,
+    /// The session check the new token is checked with (it is not a JWT).
+    pub(super) check: Arc<crate::token::remote::Introspector>,
 }
 
 impl Lifecycle {
@@ -50,6 +62,7 @@ impl Lifecycle {
                     name: s("name"),
                     external_id: old.sub.clone(),
                     claims: old.claims.clone(),
+                    opaque: None,
                 });
             }
         }
@@ -74,6 +87,7 @@ impl Lifecycle {
             name: get("name").unwrap_or("").to_string(),
             external_id: external_id.unwrap_or_default(),
             claims: app.claims.clone(),
+            opaque: None,
         })
     }
 
@@ -113,14 +127,16 @@ impl Lifecycle {
             rejected_ttl: std::time::Duration::ZERO,
             retry_after: self.retry_after(),
         };
-        let opaque = self.opaque_identity(&s);
-        let result = self
-            .coordinated(
-                flight,
-                Box::new(|| Box::pin(self.initiate_call(&s))),
-                opaque,
-            )
-            .await;
+        let call: crate::token::coordinate::CallOnce<'_> =
+            Box::new(|| Box::pin(self.initiate_call(&s)));
+        let result = match &s.opaque {
+            // A session another replica started is checked by the session check.
+            Some(o) => self.coordinated_opaque(flight, call, &o.check).await,
+            None => {
+                let opaque = self.opaque_identity(&s);
+                self.coordinated(flight, call, opaque).await
+            }
+        };
         if matches!(result, Err(RenewError::Rejected(_))) {
             // Remembered before the single flight ends, so no waiter can slip in a second call.
             self.initiate_refused.insert(s.key.clone(), ()).await;
@@ -136,14 +152,23 @@ impl Lifecycle {
         if let Err(retry_after) = self.initiate_budget.check(&s.key) {
             return Err(RenewError::Unavailable { retry_after });
         }
-        let body = super::template::render(&cfg.body, s);
+        let template = match &s.opaque {
+            Some(o) if o.guest => cfg.guest_body.as_deref().unwrap_or(&cfg.body),
+            _ => &cfg.body,
+        };
+        // Nonce, timestamp and key go into the template before the identity does, and
+        // the identity in one pass: no identity value is read as a placeholder.
+        let body = super::template::render(&super::sign::prepare(template, cfg)?, s);
+        let body = super::sign::sign(body, cfg)?;
         let mut headers = vec![(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )];
         headers.extend(cfg.extra_headers.iter().cloned());
         if let Ok(v) = HeaderValue::from_bytes(&cfg.api_key.secret.0) {
-            headers.push((cfg.api_key.header.clone(), sensitive(v)));
+            if !cfg.api_key_in_body {
+                headers.push((cfg.api_key.header.clone(), sensitive(v)));
+            }
         }
         let call = Call {
             purpose: "initiate",
@@ -163,6 +188,7 @@ impl Lifecycle {
             initiated: true,
             budget: &self.initiate_budget,
             opaque: self.opaque_identity(s),
+            check: s.opaque.as_ref().map(|o| &o.check),
         })
         .await
     }

@@ -8,10 +8,12 @@
 //! - [`initiate`]: who a new session is for, and the initiate call;
 //! - [`exchange`]: one call to the token service, its answer read and the new token
 //!   verified;
-//! - [`flight`]: the single flight shared by both calls.
+//! - [`flight`]: the single flight shared by both calls;
+//! - [`opaque`]: renewal of an opaque vendor session (checked by the session check);
+//! - [`sign`]: `{nonce}`/`{timestamp}` and the signature of a signed initiate call.
 //!
 //! Outcome rules:
-//! - token service says no (400/401/403, `invalid_grant`): *rejected* → try initiate;
+//! - token service says no (400/401/403/422, `invalid_grant`): *rejected* → try initiate;
 //! - token service unreachable, slow, 5xx, 429, or an answer we cannot read:
 //!   *unavailable* → 503, the client keeps its tokens, nothing is cached;
 //! - token service answers with a token that does not verify or names another user:
@@ -21,7 +23,9 @@ mod budget;
 mod exchange;
 mod flight;
 mod initiate;
+mod opaque;
 mod refresh;
+mod sign;
 mod template;
 
 pub use initiate::Subject;

@@ -113,6 +113,7 @@ impl Lifecycle {
             initiated: false,
             budget: &self.refresh_budget,
             opaque: None,
+            check: None,
         })
         .await
     }

@@ -42,6 +42,9 @@ fn value(name: &str, s: &Subject) -> Option<String> {
         "email" => return text(&s.email),
         "name" => return text(&s.name),
         "external_id" => return text(&s.external_id),
+        // Renewing an opaque session: the confirmed login and the client's app token.
+        "login" => return s.opaque.as_ref().and_then(|o| text(&o.login)),
+        "app_token" => return s.opaque.as_ref().and_then(|o| text(&o.app_token)),
         _ => {}
     }
     let (kind, claim) = name.split_once(':')?;
