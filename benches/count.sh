@@ -8,6 +8,10 @@
 #   sidecar / cand   auth-sidecar RS256, repeated token (verify cache hits), worker_threads = 1
 #   bare             benches/bare_proxy.rs (bare hyper 1 forwarder), current-thread
 #   nginx            nginx proxy_pass, master_process off (one process), keepalive upstream
+#   bare-same        bare with BARE_SAME_TASK=1 (backend connection driven in the client task)
+#   sidecar2, bare2, nginx2   the same with 2 workers (worker_threads = 2, BARE_WORKERS=2,
+#                    worker_processes 2 with its master); perf and strace only (callgrind
+#                    is skipped for them: instructions per request do not depend on it)
 # Each is loaded by wrk -t1 -c$CONNS for COUNT_S seconds per tool, against the nginx
 # `200 ok` backend. The counts divide by wrk's request count for the same window.
 #
@@ -44,7 +48,8 @@ python3 "$BENCH_HERE/mint_tokens.py" "$BENCH_DIR" --iss "$JWT_ISSUER" --aud "$JW
 TOKEN=$(cat "$BENCH_DIR/token.rs256")
 
 declare -A PORT=([backend]=$BASE_PORT [sidecar]=$((BASE_PORT + 1)) [cand]=$((BASE_PORT + 2))
-  [bare]=$((BASE_PORT + 3)) [nginx]=$((BASE_PORT + 4)))
+  [bare]=$((BASE_PORT + 3)) [nginx]=$((BASE_PORT + 4)) [sidecar2]=$((BASE_PORT + 5))
+  [bare2]=$((BASE_PORT + 6)) [nginx2]=$((BASE_PORT + 7)) [bare-same]=$((BASE_PORT + 8)))
 backend_conf "$BASE_PORT" >"$CONF/backend.conf"
 {
   nginx_common nginx-proxy
@@ -64,8 +69,13 @@ backend_conf "$BASE_PORT" >"$CONF/backend.conf"
   }
 }
 EOF
-} | sed 's/^master_process on;/master_process off;/' >"$CONF/nginx-proxy.conf"
+} >"$CONF/nginx-proxy2.conf"
+sed 's/^master_process on;/master_process off;/' "$CONF/nginx-proxy2.conf" >"$CONF/nginx-proxy.conf"
+sed -i -e 's/^worker_processes 1;/worker_processes 2;/' -e "s|:${PORT[nginx]} |:${PORT[nginx2]} |" \
+  -e "s|run/nginx-proxy|run/nginx-proxy2|g" "$CONF/nginx-proxy2.conf"
+mkdir -p "$BENCH_DIR/run/nginx-proxy2"
 for k in sidecar cand; do sidecar_conf "${PORT[$k]}" "$((PORT[$k] + 10))" rs256 100000 >"$CONF/$k.toml"; done
+SIDECAR_WORKERS=2 sidecar_conf "${PORT[sidecar2]}" "$((PORT[sidecar2] + 10))" rs256 100000 >"$CONF/sidecar2.toml"
 
 start_proc backend "$LOGS/backend.out" nginx -p "$BENCH_DIR/run" -e "$LOGS/backend.err" -c "$CONF/backend.conf"
 wait_http backend "$BASE_PORT" 20 || die "backend did not start"
@@ -76,12 +86,18 @@ cmd_of() { # the target's command line
     cand) echo "${CAND_BIN:-$SIDECAR_BIN} --config $CONF/cand.toml" ;;
     bare) echo "$BARE_BIN 127.0.0.1:${PORT[bare]} 127.0.0.1:$BASE_PORT" ;;
     nginx) echo "nginx -p $BENCH_DIR/run -e $LOGS/nginx.err -c $CONF/nginx-proxy.conf" ;;
+    sidecar2) echo "$SIDECAR_BIN --config $CONF/sidecar2.toml" ;;
+    bare2) echo "$BARE_BIN 127.0.0.1:${PORT[bare2]} 127.0.0.1:$BASE_PORT" ;;
+    bare-same) echo "$BARE_BIN 127.0.0.1:${PORT[bare-same]} 127.0.0.1:$BASE_PORT" ;;
+    nginx2) echo "nginx -p $BENCH_DIR/run -e $LOGS/nginx2.err -c $CONF/nginx-proxy2.conf" ;;
   esac
 }
 envs_of() { # environment for the target (CAND_ENV for cand; SIDECAR_ENV for sidecar)
   case $1 in
     cand) echo "${CAND_ENV:-}" ;;
     sidecar) echo "${SIDECAR_ENV:-}" ;;
+    bare2) echo "BARE_WORKERS=2" ;;
+    bare-same) echo "BARE_SAME_TASK=1" ;;
   esac
 }
 stop() {
@@ -95,12 +111,17 @@ load() { # PORT SECONDS OUT
 }
 reqs() { awk '/requests in/{print $1}' "$1"; }
 main_pid() { pgrep -g "${P_PID[$1]}" | head -n 1; }
+group_tids() { # every thread of every process in KEY's group
+  local p
+  for p in $(pgrep -g "${P_PID[$1]}"); do ls "/proc/$p/task"; done
+}
 
 RES=$BENCH_DIR/counts.tsv
 : >"$RES"
 for k in $COUNT_TARGETS; do
   port=${PORT[$k]}
   for tool in $TOOLS; do
+    [[ $tool == callgrind && $k == *2 ]] && continue
     out=$BENCH_DIR/out/$k.$tool
     if [[ $tool == callgrind ]]; then
       # shellcheck disable=SC2046
@@ -129,7 +150,7 @@ for k in $COUNT_TARGETS; do
         printf '%s\tinstr/req\t%s\n' "$k" "$(awk -v t="${total:-0}" -v n="${n:-0}" 'BEGIN{ if (n > 0) printf "%.0f", t / n; else print 0 }')" >>"$RES"
         ;;
       perf)
-        tids=$(ls "/proc/$pid/task" | paste -sd,)
+        tids=$(group_tids "$k" | paste -sd,)
         perf stat -x, -e raw_syscalls:sys_enter -e context-switches -t "$tids" -o "$out.txt" &
         ppid=$!
         sleep 0.3
@@ -142,7 +163,7 @@ for k in $COUNT_TARGETS; do
         printf '%s\tcontext switches/req\t%s\n' "$k" "$(awk -v t="${cs:-0}" -v n="${n:-0}" 'BEGIN{ if (n > 0) printf "%.3f", t / n; else print 0 }')" >>"$RES"
         ;;
       strace)
-        tids=$(ls "/proc/$pid/task" | sed 's/^/-p /' | paste -sd' ')
+        tids=$(group_tids "$k" | sed 's/^/-p /' | paste -sd' ')
         # shellcheck disable=SC2086
         strace -c -f $tids -o "$out.txt" 2>/dev/null &
         spid=$!
