@@ -33,6 +33,7 @@ pub(crate) mod proxy;
 pub(crate) mod store;
 pub mod telemetry;
 pub mod token;
+pub(crate) mod tunnel;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
