@@ -149,7 +149,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     rps=$(awk '/^finished in/{gsub(/,/,""); print $4}' "$out")
     done_n=$(awk '/^requests:/{print $6}' "$out")
     ok2xx=$(awk '/^status codes:/{print $3}' "$out")
-    failed=$(( ${done_n:-0} - ${ok2xx:-0} ))
+    # failed + errored requests, plus done ones that were not 2xx (h2load's counters can be
+    # one apart at the end of a timed run, so never below 0)
+    failed=$(awk -v ok="${ok2xx:-0}" '/^requests:/{n = $6 - ok; if (n < 0) n = 0; print n + $10 + $12}' "$out")
     us=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="${done_n:-0}" 'BEGIN{ if (n > 0) printf "%.2f", d / hz * 1e6 / n; else print 0 }')
     pct=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN{printf "%.0f", d / hz / s * 100}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$k" "$round" "${rps:-0}" "$us" "$pct" "$failed" >>"$RES"
