@@ -122,6 +122,21 @@ if "sidecar-rs256" in res and "nginx" in res:
                      f"{a / b:.2f}x", "PASS" if a <= b else "FAIL"))
 else:
     verdicts.append((f"sidecar-rs256 p99 at c={conns} <= nginx p99", "not measured", "-", "n/a"))
+ratio_target("sidecar-rs256 (repeated) >= 1.0x bare hyper proxy", "sidecar-rs256", "bare", 1.0)
+ratio_target("bare hyper proxy vs nginx proxy_pass (the stack's floor)", "bare", "nginx", 1.0)
+if "sidecar-rs256" in res and "nginx" in res:
+    def us(n):
+        return st.median(x["cpu"] * 1e6 / x["reqs"] for x in res[n] if x["reqs"])
+    for other in ("nginx", "bare"):
+        if other in res:
+            a, b = us("sidecar-rs256"), us(other)
+            verdicts.append((f"sidecar-rs256 CPU µs/req <= {other}'s", f"{a:.1f} vs {b:.1f} µs",
+                             f"{a / b:.2f}x", "PASS" if a <= b else "FAIL"))
+ratio_target("2 workers: sidecar2-rs256 >= 1.0x nginx2 (worker_processes 2)", "sidecar2-rs256", "nginx2", 1.0)
+ratio_target("2 workers: sidecar2-rs256 vs bare2", "sidecar2-rs256", "bare2", 1.0)
+ratio_target("2 workers: bare2 vs nginx2", "bare2", "nginx2", 1.0)
+if "cand2-rs256" in res and "sidecar2-rs256" in res:
+    ratio_target("A/B: cand2-rs256 vs sidecar2-rs256", "cand2-rs256", "sidecar2-rs256", 1.0)
 ratio_target("sidecar-rs256-distinct >= 1.3x haproxy-rs256 (same distinct load)",
              "sidecar-rs256-distinct", "haproxy-rs256-distinct", 1.3)
 ratio_target("sidecar-rs256-distinct >= 1.3x haproxy-rs256 (repeated-token row)",

@@ -17,6 +17,14 @@
 #                   table's "cache hit %" column shows what the cache really did.
 #   NAME-c1         the repeated token over LAT_CONNS (1) connection: latency
 #
+# Baselines and worker counts:
+#   bare            benches/bare_proxy.rs: a bare hyper 1 forwarder (server +
+#                   client::conn::http1, one backend connection per client connection,
+#                   no auth), current-thread runtime: the floor of the sidecar's stack
+#   nginx2, bare2, sidecar2-rs256 (and cand2-rs256)
+#                   the same with 2 workers (worker_processes 2, BARE_WORKERS=2,
+#                   worker_threads = 2); never pinned, even with PIN=1
+#
 #   DURATION=3 ROUNDS=1 WARMUP=1 benches/run.sh                   # quick look (~2 min)
 #   TARGETS="nginx haproxy-hs256 sidecar-rs256" benches/run.sh    # a subset
 #   CHECK_ONLY=1 benches/run.sh                                   # start + checks only
@@ -51,14 +59,20 @@ STARTUP_S=${STARTUP_S:-30}
 PIN=${PIN:-0}
 PIN_GEN=() PIN_PROXY=()
 if [[ $PIN == 1 ]]; then PIN_GEN=(taskset -c 0) PIN_PROXY=(taskset -c 1); fi
-DEFAULT_TARGETS="direct nginx haproxy-hs256 haproxy-rs256 envoy-hs256 envoy-rs256 sidecar-hs256 sidecar-rs256
+DEFAULT_TARGETS="direct nginx bare haproxy-hs256 haproxy-rs256 envoy-hs256 envoy-rs256 sidecar-hs256 sidecar-rs256
   nginx-distinct haproxy-hs256-distinct haproxy-rs256-distinct envoy-rs256-distinct sidecar-hs256-distinct sidecar-rs256-distinct
-  direct-c1 nginx-c1 haproxy-hs256-c1 haproxy-rs256-c1 envoy-rs256-c1 sidecar-hs256-c1 sidecar-rs256-c1"
+  direct-c1 nginx-c1 bare-c1 haproxy-hs256-c1 haproxy-rs256-c1 envoy-rs256-c1 sidecar-hs256-c1 sidecar-rs256-c1
+  nginx2 bare2 sidecar2-rs256"
 CAND_BIN=${CAND_BIN:-}
 if [[ -z ${TARGETS:-} && -n $CAND_BIN ]]; then
-  TARGETS=$(for n in $DEFAULT_TARGETS; do echo "$n"; [[ $n == sidecar-* ]] && echo "cand-${n#sidecar-}"; done)
+  TARGETS=$(for n in $DEFAULT_TARGETS; do
+    echo "$n"
+    [[ $n == sidecar-* ]] && echo "cand-${n#sidecar-}"
+    [[ $n == sidecar2-* ]] && echo "cand2-${n#sidecar2-}"
+  done)
 fi
 TARGETS=${TARGETS:-$DEFAULT_TARGETS}
+BARE_BIN=${BARE_BIN:-$ROOT/target/release/examples/bare_proxy}
 export BACKEND_PORT=$BASE_PORT
 
 if [[ -z ${BENCH_DIR:-} ]]; then BENCH_DIR=$(mktemp -d /tmp/sidecar-bench.XXXXXX); fi
@@ -68,6 +82,7 @@ CONF=$BENCH_DIR/conf LOGS=$BENCH_DIR/logs
 
 need_tools nginx haproxy wrk curl openssl python3 ss pgrep setsid timeout
 build_sidecar
+if [[ " $TARGETS " == *" bare"* ]]; then build_example bare_proxy; fi
 
 # ---------------------------------------------------------------- processes and targets
 # process key -> "port admin_port kind"   (admin port only for sidecars)
@@ -86,10 +101,15 @@ declare -A PROC=(
   [cand-rs256]="$((BASE_PORT + 15)) $((BASE_PORT + 25)) sidecar"
   [cand-hs256-nc]="$((BASE_PORT + 16)) $((BASE_PORT + 26)) sidecar"
   [cand-rs256-nc]="$((BASE_PORT + 17)) $((BASE_PORT + 27)) sidecar"
+  [nginx-proxy2]="$((BASE_PORT + 6)) - nginx"
+  [bare]="$((BASE_PORT + 7)) - bare"
+  [bare2]="$((BASE_PORT + 8)) - bare"
+  [sidecar2-rs256]="$((BASE_PORT + 18)) $((BASE_PORT + 28)) sidecar"
+  [cand2-rs256]="$((BASE_PORT + 19)) $((BASE_PORT + 29)) sidecar"
 )
-PROC_ORDER=(backend nginx-proxy haproxy-hs256 haproxy-rs256 envoy-hs256 envoy-rs256
+PROC_ORDER=(backend nginx-proxy nginx-proxy2 bare bare2 haproxy-hs256 haproxy-rs256 envoy-hs256 envoy-rs256
   sidecar-hs256 sidecar-rs256 sidecar-hs256-nc sidecar-rs256-nc
-  cand-hs256 cand-rs256 cand-hs256-nc cand-rs256-nc)
+  cand-hs256 cand-rs256 cand-hs256-nc cand-rs256-nc sidecar2-rs256 cand2-rs256)
 pfield() { local a=(${PROC[$1]}); echo "${a[$2]}"; } # 0=port 1=admin 2=kind
 
 # target -> "process-key alg auth(0/1) workload(same|distinct) conns"
@@ -104,6 +124,12 @@ target_spec() {
   case $base in
     direct) key=backend; alg=hs256; auth=0 ;;
     nginx) key=nginx-proxy; alg=hs256; auth=0 ;;
+    nginx2) key=nginx-proxy2; alg=hs256; auth=0 ;;
+    bare | bare2) key=$base; alg=hs256; auth=0 ;;
+    sidecar2-rs256 | cand2-rs256)
+      [[ $base == cand2-* && -z $CAND_BIN ]] && return 1
+      [[ $wl == distinct ]] && return 1
+      key=$base; alg=rs256 ;;
     haproxy-hs256 | haproxy-rs256 | envoy-hs256 | envoy-rs256) key=$base; alg=${base##*-} ;;
     sidecar-hs256 | sidecar-rs256 | cand-hs256 | cand-rs256)
       [[ $base == cand-* && -z $CAND_BIN ]] && return 1
@@ -169,6 +195,12 @@ backend_conf "$BASE_PORT" >"$CONF/nginx-backend.conf"
 }
 EOF
 } >"$CONF/nginx-proxy.conf"
+# nginx2: the same proxy with 2 worker processes (its own pid/temp dir and port).
+sed -e 's/^worker_processes 1;/worker_processes 2;/' -e "s|run/nginx-proxy|run/nginx-proxy2|g" \
+  -e "s|logs/nginx-proxy.err|logs/nginx-proxy2.err|" \
+  -e "s|listen 127.0.0.1:$(pfield nginx-proxy 0) |listen 127.0.0.1:$(pfield nginx-proxy2 0) |" \
+  "$CONF/nginx-proxy.conf" >"$CONF/nginx-proxy2.conf"
+mkdir -p "$BENCH_DIR/run/nginx-proxy2"
 
 # HAProxy 2.6: jwt_verify checks the signature only; alg, exp, iss and aud are rules.
 haproxy_conf() { # $1 = port, $2 = HS256|RS256, $3 = secret or PEM path
@@ -268,20 +300,24 @@ start_key() {
   case $key in
     backend) start_proc "$key" "$LOGS/$key.out" "${PIN_GEN[@]}" nginx -p "$BENCH_DIR/run" -e "$LOGS/$key.err" -c "$CONF/nginx-backend.conf" ;;
     nginx-proxy) start_proc "$key" "$LOGS/$key.out" "${PIN_PROXY[@]}" nginx -p "$BENCH_DIR/run" -e "$LOGS/$key.err" -c "$CONF/nginx-proxy.conf" ;;
+    nginx-proxy2) start_proc "$key" "$LOGS/$key.out" nginx -p "$BENCH_DIR/run" -e "$LOGS/$key.err" -c "$CONF/nginx-proxy2.conf" ;;
+    bare) start_proc "$key" "$LOGS/$key.out" "${PIN_PROXY[@]}" "$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$BASE_PORT" ;;
+    bare2) start_proc "$key" "$LOGS/$key.out" env BARE_WORKERS=2 "$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$BASE_PORT" ;;
     haproxy-*) start_proc "$key" "$LOGS/$key.out" "${PIN_PROXY[@]}" haproxy -db -f "$CONF/$key.cfg" ;;
     envoy-*)
       envoy_conf "$port" "$BENCH_DIR/jwks.${key#envoy-}.json" >"$CONF/$key.yaml"
       start_proc "$key" "$LOGS/$key.out" "${PIN_PROXY[@]}" "$ENVOY_BIN" -c "$CONF/$key.yaml" --concurrency 1 \
         --disable-hot-restart -l warning --log-path "$LOGS/$key.log" ;;
-    sidecar-* | cand-*)
-      local alg=${key#*-} bin=$SIDECAR_BIN envs=${SIDECAR_ENV:-}
+    sidecar-* | cand-* | sidecar2-* | cand2-*)
+      local alg=${key#*-} bin=$SIDECAR_BIN envs=${SIDECAR_ENV:-} pin=("${PIN_PROXY[@]}")
       alg=${alg%-nc}
-      [[ $key == cand-* ]] && bin=$CAND_BIN envs=${CAND_ENV:-}
-      local cap=100000
+      [[ $key == cand* ]] && bin=$CAND_BIN envs=${CAND_ENV:-}
+      local cap=100000 workers=1
       [[ $key == *-nc ]] && cap=$DISTINCT_CACHE
+      [[ $key == sidecar2-* || $key == cand2-* ]] && workers=2 pin=()
       port_free "$(pfield "$key" 1)" || die "port $(pfield "$key" 1) is busy (set BASE_PORT)"
-      sidecar_conf "$port" "$(pfield "$key" 1)" "$alg" "$cap" >"$CONF/$key.toml"
-      start_proc "$key" "$LOGS/$key.out" "${PIN_PROXY[@]}" env $envs "$bin" --config "$CONF/$key.toml" ;;
+      SIDECAR_WORKERS=$workers sidecar_conf "$port" "$(pfield "$key" 1)" "$alg" "$cap" >"$CONF/$key.toml"
+      start_proc "$key" "$LOGS/$key.out" "${pin[@]}" env $envs "$bin" --config "$CONF/$key.toml" ;;
   esac
   if ! wait_http "$key" "$port" "$STARTUP_S"; then
     START_FAIL[$key]="did not answer on :$port within ${STARTUP_S}s (see $LOGS/$key.*)"

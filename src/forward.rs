@@ -259,26 +259,42 @@ fn failed(e: &(dyn std::error::Error + 'static), connect: bool) -> ProxyError {
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names first: most requests carry none of these.
-    // HeaderName equality is an enum comparison for standard names, so this stays cheap.
-    let any = h
-        .keys()
-        .any(|k| HOP_BY_HOP.contains(k) || k.as_str().contains('_'));
-    if !any {
+    // One pass over the names first: which hop-by-hop headers are there (most requests
+    // carry none, most responses only `Connection: keep-alive`), and is any name spelt
+    // with `_`. HeaderName equality is an enum comparison for standard names.
+    let mut present = 0u16;
+    let mut underscore = false;
+    for k in h.keys() {
+        match HOP_BY_HOP.iter().position(|hb| hb == k) {
+            Some(i) => present |= 1 << i,
+            None => underscore |= k.as_str().contains('_'),
+        }
+    }
+    if present == 0 && !underscore {
         return;
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    if present & 1 != 0 {
+        // HOP_BY_HOP[0] is `Connection`: the headers it names go too (those that are
+        // hop-by-hop anyway are removed below, without parsing them into a list).
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !HOP_BY_HOP.contains(n))
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
     }
-    for n in HOP_BY_HOP.iter() {
-        h.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
+    }
+    if !underscore {
+        return;
     }
     // `Transfer_Encoding` and friends: a backend that reads `_` as `-` would frame the
     // body differently from us (request smuggling).
@@ -333,7 +349,7 @@ fn spawn_tunnel(
         let _count = TunnelCount::new();
         let mut c = TokioIo::new(c);
         let mut b = TokioIo::new(b);
-        let copy = tokio::io::copy_bidirectional(&mut c, &mut b);
+        let copy = crate::tunnel::copy_bidirectional(&mut c, &mut b);
         match deadline {
             Some(at) => {
                 let left = at

@@ -35,6 +35,7 @@ pub(crate) mod store;
 pub mod telemetry;
 pub mod token;
 pub(crate) mod token_endpoint;
+pub(crate) mod tunnel;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

@@ -1879,6 +1879,46 @@ async fn a_websocket_echo_works_through_the_proxy_with_a_bearer_token() {
     .await
 }
 
+/// The tunnel holds no buffer while idle and keeps only what the other side cannot take
+/// yet: messages far larger than one read (and than the socket buffers), several in
+/// flight at once, still arrive whole and in order, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_websocket_messages_in_flight_together_arrive_whole_and_in_order() {
+    bounded(async {
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
+        let auth = bearer(&valid());
+        let (mut ws, resp) = ws_connect(&sc.ws_url("/ws"), &[("authorization", &auth)])
+            .await
+            .expect("upgrade through the sidecar");
+        assert_eq!(resp.status(), 101);
+        let msgs: Vec<Vec<u8>> = (0..4u8)
+            .map(|i| {
+                (0..(3 * 1024 * 1024 + 17 * i as usize))
+                    .map(|j| (j as u8).wrapping_mul(31).wrapping_add(i))
+                    .collect()
+            })
+            .collect();
+        for m in &msgs {
+            ws.send(Message::Binary(m.clone().into())).await.unwrap();
+        }
+        for m in &msgs {
+            let got = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .expect("an echo within 20 s")
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.into_data().as_ref(), m.as_slice());
+        }
+        assert_eq!(
+            ws_roundtrip(&mut ws, "small after large").await,
+            "small after large"
+        );
+        let _ = ws.close(None).await;
+        assert_eq!(backend.ws_messages(), 5);
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_without_a_token_gets_401_and_no_tunnel() {
     bounded(async {
