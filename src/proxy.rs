@@ -34,6 +34,8 @@ pub struct State {
     pub jwks: Option<Arc<JwksRemote>>,
     pub introspector: Option<Arc<Introspector>>,
     pub assertion: Option<Arc<crate::assertion::Signer>>,
+    /// Revocations and bans, when `[revocation]` is configured.
+    pub revocation: Option<Arc<crate::revoke::api::Service>>,
 }
 
 /// Facts about the connection a request came in on.
@@ -81,6 +83,8 @@ pub struct Ctx<'s> {
     pub preflight: bool,
     /// The sidecar's refusal code, for the access log.
     pub error: Option<&'static str>,
+    /// The revocation epoch at the check (streams opened later look again on a change).
+    pub revoke_seen: u64,
 }
 
 impl Ctx<'_> {
@@ -102,6 +106,7 @@ impl Ctx<'_> {
             origin: None,
             preflight: false,
             error: None,
+            revoke_seen: 0,
         }
     }
 
@@ -341,6 +346,7 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
     let Some(cred) = state.credentials.access_token(parts, ctx.upgrade)? else {
         if app_token.is_some() && state.lifecycle.can_renew() {
             let s = state.lifecycle.renew(None, None, app_token).await?;
+            check_revoked(state, &mut ctx.revoke_seen, &s.verified)?;
             ctx.renewed(s);
             return Ok(());
         }
@@ -355,7 +361,9 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
     if let Some(intro) = &state.introspector {
         // Opaque (non-JWT) tokens are checked with the token service.
         if cred.token.bytes().filter(|b| *b == b'.').count() != 2 {
-            ctx.who = Some(intro.check(&cred.token).await?);
+            let who = intro.check(&cred.token).await?;
+            check_revoked(state, &mut ctx.revoke_seen, &who)?;
+            ctx.who = Some(who);
             ctx.decision = Decision::Allowed;
             return Ok(());
         }
@@ -373,6 +381,7 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
     }
     match verdict? {
         Verdict::Valid(v) => {
+            check_revoked(state, &mut ctx.revoke_seen, &v)?;
             ctx.who = Some(v);
             ctx.decision = Decision::Allowed;
         }
@@ -380,9 +389,26 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
             if !state.lifecycle.can_renew() {
                 return Err(ProxyError::TokenExpired);
             }
+            // A banned user, or a session logged out since, is not renewed: refused
+            // before the token service is asked.
+            check_revoked(state, &mut ctx.revoke_seen, &old)?;
             let refresh = ctx.owned.refresh_token.as_deref();
             let s = state.lifecycle.renew(Some(old), refresh, app_token).await?;
+            check_revoked(state, &mut ctx.revoke_seen, &s.verified)?;
             ctx.renewed(s);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a revoked token or a banned user (one hash lookup while anything is
+/// revoked, none otherwise), and notes the epoch it checked at.
+fn check_revoked(state: &State, seen: &mut u64, v: &Verified) -> Result<(), ProxyError> {
+    if let Some(r) = &state.revocation {
+        *seen = r.revs.epoch();
+        if let Err(why) = r.revs.check(v) {
+            crate::revoke::count_refused(why);
+            return Err(why.into());
         }
     }
     Ok(())
@@ -449,6 +475,11 @@ async fn forward(
         }
         _ => None,
     };
+    // A revoked user's pending request, stream or tunnel ends within the second.
+    let watched = match (&state.revocation, &ctx.who) {
+        (Some(r), Some(who)) => Some((r.revs.clone(), who.clone())),
+        _ => None,
+    };
     let hop = Hop {
         client_ip: conn.ip.clone(),
         tls: conn.tls,
@@ -456,16 +487,49 @@ async fn forward(
         query,
         upgrade: ctx.upgrade,
         tunnel_deadline,
+        revoked: watched
+            .as_ref()
+            .filter(|_| ctx.upgrade)
+            .map(|(revs, who)| revs.watch(who.clone(), ctx.revoke_seen)),
     };
     let body = crate::inbound::Inbound::new(body, state.cfg.server.body_read_timeout);
     let req = Request::from_parts(parts, body);
-    let mut resp = match state.forwarder.forward(req, hop, &state.metrics).await {
+    let forwarded = state.forwarder.forward(req, hop, &state.metrics);
+    let result = match &watched {
+        Some((revs, who)) => {
+            tokio::select! {
+                r = forwarded => r,
+                why = revs.clone().until_refused(who.clone(), ctx.revoke_seen) => {
+                    crate::revoke::count_closed("pending");
+                    Err(ProxyError::from(why))
+                }
+            }
+        }
+        None => forwarded.await,
+    };
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             ctx.decision = Decision::Failed;
             e.into_response()
         }
     };
+    if let Some((revs, who)) = watched {
+        // Open-ended bodies (SSE, streamed long polls: no Content-Length) end when
+        // their user is revoked; sized ones finish by themselves.
+        let open_ended = matches!(resp.body(), ProxyBody::Stream { .. })
+            && !resp.headers().contains_key(header::CONTENT_LENGTH)
+            && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+        if open_ended {
+            let stop = revs.watch(who, ctx.revoke_seen);
+            resp = resp.map(|b| {
+                b.watched(async move {
+                    let _ = stop.await;
+                    crate::revoke::count_closed("stream");
+                })
+            });
+        }
+    }
     // The new pair goes back even when the backend failed: the old refresh token may
     // already be rotated away, and losing the pair would log the user out.
     if let Some(s) = &ctx.renewed {

@@ -18,6 +18,7 @@ mod lifecycle;
 mod log;
 pub mod reference;
 mod response;
+mod revocation;
 mod routes;
 mod secret;
 mod server;
@@ -40,6 +41,7 @@ pub use identity::Identity;
 pub use lifecycle::{ApiKey, AppIdentity, ClientCredentials, Initiate, Introspection, Refresh};
 pub use log::{Log, LogFormat};
 pub use response::ResponseTokens;
+pub use revocation::Revocation;
 pub use routes::{Route, RouteMode};
 pub use secret::{Secret, SecretBytes};
 pub use server::{Admin, Server, Tls};
@@ -94,6 +96,9 @@ pub struct Config {
     /// Redis shared by the replicas, so each refresh and initiate is made once across
     /// them; unset = each replica on its own.
     pub shared_store: Option<SharedStore>,
+    /// Log out everywhere, bans, one token or session, OIDC back-channel logout; unset =
+    /// nothing is revoked.
+    pub revocation: Option<Revocation>,
     /// A short-lived JWT signed by the sidecar for the backend; unset = none.
     pub assertion: Option<Assertion>,
     /// Browsers on other origins: preflights and CORS headers; unset = no CORS handling
@@ -210,6 +215,9 @@ impl Config {
         if let Some(st) = &mut self.shared_store {
             st.validate(c);
         }
+        if let Some(r) = &mut self.revocation {
+            r.validate(c, &self.auth.audience);
+        }
         if let Some(f) = &mut self.forward_auth {
             f.validate(c);
         }
@@ -268,6 +276,9 @@ impl Config {
         }
         if let Some(a) = &mut self.assertion {
             fix_secret(&mut a.key);
+        }
+        if let Some(r) = &mut self.revocation {
+            r.admin_secret.iter_mut().for_each(fix_secret);
         }
         if let Some(st) = &mut self.shared_store {
             fix_secret(&mut st.secret);
