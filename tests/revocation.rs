@@ -987,3 +987,44 @@ async fn a_revocation_while_a_large_message_streams_closes_after_that_frame() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_long_poll_of_a_revoked_user_is_answered_401_within_a_second() {
+    bounded(async {
+        let Rig { backend, sc, .. } = Rig::start_with(with_revocation).await;
+        let t = token("alice", 5, json!({}));
+        let bob = token("bob", 5, json!({}));
+        let url = sc.url("/slow?ms=8000");
+        let poll = tokio::spawn(send(client().get(url.clone()).bearer_auth(&t)));
+        let other = tokio::spawn(send(
+            client().get(sc.url("/slow?ms=1500")).bearer_auth(&bob),
+        ));
+        // Both polls are waiting at the backend.
+        let seen =
+            eventually_async(Duration::from_secs(5), || async { backend.count() >= 2 }).await;
+        assert!(seen, "the long polls did not reach the backend");
+        let r = revoke(&sc, "/revocations/logout", json!({"sub": "alice"})).await;
+        let at = Instant::now();
+        assert_eq!(r.status, 200);
+        let r = poll.await.unwrap();
+        assert!(
+            at.elapsed() <= WITHIN,
+            "answered {:?} after the revocation",
+            at.elapsed()
+        );
+        r.assert_error(401, "token_revoked");
+        // Another user's poll is answered by the backend as usual.
+        let r = other.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            metric(
+                &sc,
+                "auth_sidecar_revocation_closed_total",
+                &[("kind", "pending")]
+            )
+            .await
+                >= 1.0
+        );
+    })
+    .await
+}
