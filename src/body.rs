@@ -23,7 +23,8 @@ pin_project_lite::pin_project! {
         Full { #[pin] inner: Full<Bytes> },
         /// A streamed body that ends as soon as `stop` completes (a revoked user's SSE
         /// stream or open-ended response).
-        Watched { inner: Box<ProxyBody>, stop: Pin<Box<dyn Future<Output = ()> + Send>> },
+        /// `None` once it has: the body is over.
+        Watched { inner: Box<ProxyBody>, stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>> },
     }
 }
 
@@ -40,7 +41,7 @@ impl ProxyBody {
     pub fn watched(self, stop: impl Future<Output = ()> + Send + 'static) -> Self {
         ProxyBody::Watched {
             inner: Box::new(self),
-            stop: Box::pin(stop),
+            stop: Some(Box::pin(stop)),
         }
     }
     pub fn stream(inner: Incoming, mut lease: Option<Lease>) -> Self {
@@ -73,8 +74,13 @@ impl Body for ProxyBody {
                 polled
             }
             ProxyBodyProj::Watched { inner, stop } => {
-                if stop.as_mut().poll(cx).is_ready() {
-                    // Ended here: the backend connection behind it is not reused.
+                let Some(s) = stop else {
+                    return Poll::Ready(None);
+                };
+                if s.as_mut().poll(cx).is_ready() {
+                    // Ended here (a finished future is never polled again); the backend
+                    // connection behind it is not reused.
+                    *stop = None;
                     return Poll::Ready(None);
                 }
                 Pin::new(inner.as_mut()).poll_frame(cx)
@@ -92,7 +98,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Stream { inner, .. } => inner.is_end_stream(),
             ProxyBody::Full { inner } => inner.is_end_stream(),
-            ProxyBody::Watched { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Watched { inner, stop } => stop.is_none() || inner.is_end_stream(),
         }
     }
 
