@@ -1028,3 +1028,36 @@ async fn a_pending_long_poll_of_a_revoked_user_is_answered_401_within_a_second()
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_logged_out_everywhere_is_not_refreshed() {
+    bounded(async {
+        let ts = TokenService::start(API_KEY).await;
+        let Rig {
+            backend: _backend,
+            ts,
+            sc,
+            ..
+        } = lifecycle_rig(ts).start().await;
+        // Issued 20 minutes ago, expired 10 minutes ago: before the log-out.
+        let pair = ts.expired_pair("alice");
+        let r = revoke(&sc, "/revocations/logout", json!({"sub": "alice"})).await;
+        assert_eq!(r.status, 200);
+        let r = send(
+            client()
+                .get(sc.url(PATH))
+                .bearer_auth(&pair.access)
+                .header("x-refresh-token", &pair.refresh),
+        )
+        .await;
+        r.assert_error(401, "token_revoked");
+        assert_eq!(ts.calls(), 0, "a logged-out session was renewed");
+        // A new login (an app identity token) starts a session as usual.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let app = app_token(&json!({"externalId": "alice", "iat": now()}));
+        let r = send(client().get(sc.url(PATH)).header("x-app-identity", &app)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(ts.initiate_calls(), 1);
+    })
+    .await
+}
