@@ -287,7 +287,7 @@ start_key() {
       alg=${alg%-nc}; alg=${alg%-rv10k}; alg=${alg%-rv}
       if [[ $key == *-rv || $key == *-rv10k ]]; then
         [[ -f $BENCH_DIR/revoke.secret ]] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$BENCH_DIR/revoke.secret"
-        extra=$'\n[revocation]\nadmin_secret = { file = "'"$BENCH_DIR/revoke.secret"'" }\nmax_token_lifetime = "1h"'
+        printf -v extra '\n[revocation]\nadmin_secret = { file = "%s" }\nmax_token_lifetime = "1h"' "$BENCH_DIR/revoke.secret"
       fi
       [[ $key == cand-* ]] && bin=$CAND_BIN envs=${CAND_ENV:-}
       local cap=100000
