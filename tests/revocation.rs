@@ -1061,3 +1061,38 @@ async fn a_session_logged_out_everywhere_is_not_refreshed() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_keeps_the_revocations() {
+    bounded(async {
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(with_revocation).await;
+        let t = token("alice", 5, json!({}));
+        get(&sc, &t).await.ok_echo();
+        let r = revoke(
+            &sc,
+            "/revocations/bans",
+            json!({"sub": "bob", "duration": 600}),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let r = revoke(&sc, "/revocations/logout", json!({"sub": "alice"})).await;
+        assert_eq!(r.status, 200);
+        sc.signal("HUP");
+        let reloaded = eventually_async(Duration::from_secs(10), || async {
+            sc.stdout_lines()
+                .iter()
+                .any(|l| l.contains("config reloaded"))
+        })
+        .await;
+        assert!(reloaded, "no reload: {}", sc.logs());
+        get(&sc, &t).await.assert_error(401, "token_revoked");
+        get(&sc, &token("bob", 0, json!({})))
+            .await
+            .assert_error(401, "user_banned");
+    })
+    .await
+}
