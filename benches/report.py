@@ -144,6 +144,13 @@ ratio_target("sidecar-rs256-distinct >= 1.3x haproxy-rs256 (repeated-token row)"
 for n in ("rs256", "rs256-distinct", "hs256", "hs256-distinct", "rs256-c1", "hs256-c1"):
     if f"cand-{n}" in res and f"sidecar-{n}" in res:
         ratio_target(f"A/B: cand-{n} vs sidecar-{n}", f"cand-{n}", f"sidecar-{n}", 1.0)
+# The revocation check (README "Taking a user out"): 10 000 users revoked costs one hash
+# lookup per request, so it must stay within noise of none revoked.
+ratio_target("revoke-10k >= 0.95x revoke-none (10 000 users revoked vs none)",
+             "revoke-10k", "revoke-none", 0.95)
+if "revoke-none" in res and "sidecar-hs256" in res:
+    ratio_target("revoke-none vs sidecar-hs256 (what [revocation] costs, reported)",
+                 "revoke-none", "sidecar-hs256", 0.0)
 idle = {n: meta[n]["idle"] for n in order if n.startswith("sidecar") and meta[n]["idle"]}
 if idle:
     worst = max(idle.values()) / 1024

@@ -16,6 +16,10 @@
 #                   token count), so nearly every request is verified from scratch; the
 #                   table's "cache hit %" column shows what the cache really did.
 #   NAME-c1         the repeated token over LAT_CONNS (1) connection: latency
+#   revoke-none     sidecar-hs256 with [revocation] configured, nothing revoked
+#   revoke-10k      the same with REVOKED_USERS (10 000) other users logged out through
+#                   the admin API before loading: the request path's revocation check
+#                   is one hash lookup on `sub` (README "Taking a user out")
 #
 # Baselines and worker counts:
 #   bare            benches/bare_proxy.rs: a bare hyper 1 forwarder (server +
@@ -56,10 +60,11 @@ DISTINCT_TOKENS=${DISTINCT_TOKENS:-20000}
 DISTINCT_CACHE=${DISTINCT_CACHE:-16}
 BASE_PORT=${BASE_PORT:-18300}
 STARTUP_S=${STARTUP_S:-30}
+REVOKED_USERS=${REVOKED_USERS:-10000}
 PIN=${PIN:-0}
 PIN_GEN=() PIN_PROXY=()
 if [[ $PIN == 1 ]]; then PIN_GEN=(taskset -c 0) PIN_PROXY=(taskset -c 1); fi
-DEFAULT_TARGETS="direct nginx bare haproxy-hs256 haproxy-rs256 envoy-hs256 envoy-rs256 sidecar-hs256 sidecar-rs256
+DEFAULT_TARGETS="direct nginx bare haproxy-hs256 haproxy-rs256 envoy-hs256 envoy-rs256 sidecar-hs256 sidecar-rs256 revoke-none revoke-10k
   nginx-distinct haproxy-hs256-distinct haproxy-rs256-distinct envoy-rs256-distinct sidecar-hs256-distinct sidecar-rs256-distinct
   direct-c1 nginx-c1 bare-c1 haproxy-hs256-c1 haproxy-rs256-c1 envoy-rs256-c1 sidecar-hs256-c1 sidecar-rs256-c1
   nginx2 bare2 sidecar2-rs256"
@@ -106,10 +111,13 @@ declare -A PROC=(
   [bare2]="$((BASE_PORT + 8)) - bare"
   [sidecar2-rs256]="$((BASE_PORT + 18)) $((BASE_PORT + 28)) sidecar"
   [cand2-rs256]="$((BASE_PORT + 19)) $((BASE_PORT + 29)) sidecar"
+  [sidecar-hs256-rv]="$((BASE_PORT + 30)) $((BASE_PORT + 40)) sidecar"
+  [sidecar-hs256-rv10k]="$((BASE_PORT + 31)) $((BASE_PORT + 41)) sidecar"
 )
 PROC_ORDER=(backend nginx-proxy nginx-proxy2 bare bare2 haproxy-hs256 haproxy-rs256 envoy-hs256 envoy-rs256
   sidecar-hs256 sidecar-rs256 sidecar-hs256-nc sidecar-rs256-nc
-  cand-hs256 cand-rs256 cand-hs256-nc cand-rs256-nc sidecar2-rs256 cand2-rs256)
+  cand-hs256 cand-rs256 cand-hs256-nc cand-rs256-nc sidecar2-rs256 cand2-rs256
+  sidecar-hs256-rv sidecar-hs256-rv10k)
 pfield() { local a=(${PROC[$1]}); echo "${a[$2]}"; } # 0=port 1=admin 2=kind
 
 # target -> "process-key alg auth(0/1) workload(same|distinct) conns"
@@ -131,6 +139,8 @@ target_spec() {
       [[ $wl == distinct ]] && return 1
       key=$base; alg=rs256 ;;
     haproxy-hs256 | haproxy-rs256 | envoy-hs256 | envoy-rs256) key=$base; alg=${base##*-} ;;
+    revoke-none) key=sidecar-hs256-rv; alg=hs256 ;;
+    revoke-10k) key=sidecar-hs256-rv10k; alg=hs256 ;;
     sidecar-hs256 | sidecar-rs256 | cand-hs256 | cand-rs256)
       [[ $base == cand-* && -z $CAND_BIN ]] && return 1
       alg=${base##*-}; key=$base
@@ -309,21 +319,47 @@ start_key() {
       start_proc "$key" "$LOGS/$key.out" "${PIN_PROXY[@]}" "$ENVOY_BIN" -c "$CONF/$key.yaml" --concurrency 1 \
         --disable-hot-restart -l warning --log-path "$LOGS/$key.log" ;;
     sidecar-* | cand-* | sidecar2-* | cand2-*)
-      local alg=${key#*-} bin=$SIDECAR_BIN envs=${SIDECAR_ENV:-} pin=("${PIN_PROXY[@]}")
-      alg=${alg%-nc}
+      local alg=${key#*-} bin=$SIDECAR_BIN envs=${SIDECAR_ENV:-} pin=("${PIN_PROXY[@]}") extra=""
+      alg=${alg%-nc}; alg=${alg%-rv10k}; alg=${alg%-rv}
+      if [[ $key == *-rv || $key == *-rv10k ]]; then
+        [[ -f $BENCH_DIR/revoke.secret ]] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$BENCH_DIR/revoke.secret"
+        printf -v extra '\n[revocation]\nadmin_secret = { file = "%s" }\nmax_token_lifetime = "1h"' "$BENCH_DIR/revoke.secret"
+      fi
       [[ $key == cand* ]] && bin=$CAND_BIN envs=${CAND_ENV:-}
       local cap=100000 workers=1
       [[ $key == *-nc ]] && cap=$DISTINCT_CACHE
       [[ $key == sidecar2-* || $key == cand2-* ]] && workers=2 pin=()
       port_free "$(pfield "$key" 1)" || die "port $(pfield "$key" 1) is busy (set BASE_PORT)"
-      SIDECAR_WORKERS=$workers sidecar_conf "$port" "$(pfield "$key" 1)" "$alg" "$cap" >"$CONF/$key.toml"
+      SIDECAR_WORKERS=$workers sidecar_conf "$port" "$(pfield "$key" 1)" "$alg" "$cap" "$extra" >"$CONF/$key.toml"
       start_proc "$key" "$LOGS/$key.out" "${pin[@]}" env $envs "$bin" --config "$CONF/$key.toml" ;;
   esac
   if ! wait_http "$key" "$port" "$STARTUP_S"; then
     START_FAIL[$key]="did not answer on :$port within ${STARTUP_S}s (see $LOGS/$key.*)"
     log "$key: ${START_FAIL[$key]}"
     tail -5 "$LOGS/$key".* >&2 2>/dev/null
+  elif [[ $key == *-rv10k ]]; then
+    revoke_users "$(pfield "$key" 1)" "$REVOKED_USERS" || START_FAIL[$key]="revoking $REVOKED_USERS users failed"
   fi
+}
+# Logs REVOKED_USERS users (never the benchmark token's) out through the admin API, over
+# one keep-alive connection; checks the sidecar holds them all.
+revoke_users() { # ADMIN_PORT N
+  python3 - "$1" "$2" "$BENCH_DIR/revoke.secret" <<'PY'
+import http.client, json, sys
+port, n, secret = int(sys.argv[1]), int(sys.argv[2]), open(sys.argv[3]).read().strip()
+h = {"Authorization": "Bearer " + secret, "Content-Type": "application/json"}
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+for i in range(n):
+    c.request("POST", "/revocations/logout", json.dumps({"sub": f"revoked-user-{i}"}), h)
+    r = c.getresponse(); r.read()
+    if r.status != 200:
+        sys.exit(f"revocation {i}: {r.status}")
+c.request("GET", "/revocations/bans", headers=h)
+held = json.loads(c.getresponse().read())["held"]["users"]
+if held != n:
+    sys.exit(f"the sidecar holds {held} revoked users, want {n}")
+print(f"revoked {n} users", file=sys.stderr)
+PY
 }
 for key in "${PROC_ORDER[@]}"; do
   [[ -n ${NEED[$key]:-} ]] && start_key "$key"

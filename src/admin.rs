@@ -55,6 +55,10 @@ async fn route(
     health: &Health,
     prom: Option<&PrometheusHandle>,
 ) -> Response<ProxyBody> {
+    if crate::revoke::api::serves(req.uri().path()) {
+        let st = state.load_full();
+        return crate::revoke::api::handle(req, st.revocation.as_deref()).await;
+    }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {

@@ -2,6 +2,7 @@
 //! body the sidecar wrote itself. An enum rather than a boxed trait object, so the hot
 //! path does not allocate for it.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -20,6 +21,10 @@ pin_project_lite::pin_project! {
         Stream { #[pin] inner: Incoming, lease: Option<Lease> },
         /// Written by the sidecar (errors, admin endpoints).
         Full { #[pin] inner: Full<Bytes> },
+        /// A streamed body that ends as soon as `stop` completes (a revoked user's SSE
+        /// stream or open-ended response).
+        /// `None` once it has: the body is over.
+        Watched { inner: Box<ProxyBody>, stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>> },
     }
 }
 
@@ -31,6 +36,13 @@ impl ProxyBody {
     }
     pub fn empty() -> Self {
         Self::full(Bytes::new())
+    }
+    /// `self`, ended early when `stop` completes.
+    pub fn watched(self, stop: impl Future<Output = ()> + Send + 'static) -> Self {
+        ProxyBody::Watched {
+            inner: Box::new(self),
+            stop: Some(Box::pin(stop)),
+        }
     }
     pub fn stream(inner: Incoming, mut lease: Option<Lease>) -> Self {
         if let Some(l) = &mut lease {
@@ -61,6 +73,18 @@ impl Body for ProxyBody {
                 }
                 polled
             }
+            ProxyBodyProj::Watched { inner, stop } => {
+                let Some(s) = stop else {
+                    return Poll::Ready(None);
+                };
+                if s.as_mut().poll(cx).is_ready() {
+                    // Ended here (a finished future is never polled again); the backend
+                    // connection behind it is not reused.
+                    *stop = None;
+                    return Poll::Ready(None);
+                }
+                Pin::new(inner.as_mut()).poll_frame(cx)
+            }
             ProxyBodyProj::Full { inner } => match inner.poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
                 Poll::Ready(Some(Err(never))) => match never {},
@@ -74,6 +98,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Stream { inner, .. } => inner.is_end_stream(),
             ProxyBody::Full { inner } => inner.is_end_stream(),
+            ProxyBody::Watched { inner, stop } => stop.is_none() || inner.is_end_stream(),
         }
     }
 
@@ -81,6 +106,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Stream { inner, .. } => inner.size_hint(),
             ProxyBody::Full { inner } => inner.size_hint(),
+            ProxyBody::Watched { inner, .. } => inner.size_hint(),
         }
     }
 }

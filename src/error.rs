@@ -30,6 +30,12 @@ pub enum ProxyError {
     /// Client: refresh and initiate both refused; the user must log in again.
     #[error("{0}")]
     RefreshRejected(&'static str),
+    /// Client: a valid token, revoked (logged out everywhere since, or its `jti`/`sid`).
+    #[error("the access token has been revoked; log in again")]
+    TokenRevoked,
+    /// Client: the user is banned; nothing is renewed either.
+    #[error("this user is banned")]
+    UserBanned,
     /// Client: the request itself is malformed or ambiguous.
     #[error("{0}")]
     InvalidRequest(&'static str),
@@ -73,6 +79,8 @@ impl ProxyError {
             ProxyError::InvalidToken(_) => "invalid_token",
             ProxyError::TokenExpired => "token_expired",
             ProxyError::RefreshRejected(_) => "refresh_rejected",
+            ProxyError::TokenRevoked => "token_revoked",
+            ProxyError::UserBanned => "user_banned",
             ProxyError::InvalidRequest(_) => "invalid_request",
             ProxyError::RequestTimeout => "request_timeout",
             ProxyError::OriginNotAllowed => "origin_not_allowed",
@@ -92,7 +100,9 @@ impl ProxyError {
             ProxyError::MissingToken
             | ProxyError::InvalidToken(_)
             | ProxyError::TokenExpired
-            | ProxyError::RefreshRejected(_) => StatusCode::UNAUTHORIZED,
+            | ProxyError::RefreshRejected(_)
+            | ProxyError::TokenRevoked
+            | ProxyError::UserBanned => StatusCode::UNAUTHORIZED,
             ProxyError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -128,7 +138,9 @@ impl ProxyError {
             ProxyError::MissingToken => Some("Bearer".to_string()),
             ProxyError::InvalidToken(_)
             | ProxyError::TokenExpired
-            | ProxyError::RefreshRejected(_) => Some(format!(
+            | ProxyError::RefreshRejected(_)
+            | ProxyError::TokenRevoked
+            | ProxyError::UserBanned => Some(format!(
                 "Bearer error=\"invalid_token\", error_description=\"{message}\""
             )),
             ProxyError::InsufficientScope(_) => Some(format!(
@@ -184,6 +196,7 @@ impl From<crate::token::RenewError> for ProxyError {
                 ProxyError::TokenServiceUnavailable { retry_after }
             }
             RenewError::BadResponse(why) => ProxyError::TokenServiceBadResponse(why),
+            RenewError::Banned => ProxyError::UserBanned,
         }
     }
 }

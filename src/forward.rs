@@ -90,6 +90,8 @@ pub struct Hop<'a> {
     pub upgrade: bool,
     /// When an upgraded connection must be closed (token expiry plus grace).
     pub tunnel_deadline: Option<std::time::SystemTime>,
+    /// Ends an upgraded connection when its user is revoked (close frame 1008).
+    pub revoked: Option<crate::revoke::Stop>,
 }
 
 impl Forwarder {
@@ -209,6 +211,7 @@ impl Forwarder {
                 client_side,
                 backend_side,
                 hop.tunnel_deadline,
+                hop.revoked,
                 metrics.clone(),
             );
             let (parts, _) = resp.into_parts();
@@ -335,6 +338,7 @@ fn spawn_tunnel(
     client: hyper::upgrade::OnUpgrade,
     backend: hyper::upgrade::OnUpgrade,
     deadline: Option<std::time::SystemTime>,
+    revoked: Option<crate::revoke::Stop>,
     metrics: Metrics,
 ) {
     tokio::spawn(async move {
@@ -349,6 +353,10 @@ fn spawn_tunnel(
         let _count = TunnelCount::new();
         let mut c = TokioIo::new(c);
         let mut b = TokioIo::new(b);
+        if let Some(stop) = revoked {
+            crate::revoke::tunnel::log_end(crate::revoke::tunnel::run(c, b, deadline, stop).await);
+            return;
+        }
         let copy = crate::tunnel::copy_bidirectional(&mut c, &mut b);
         match deadline {
             Some(at) => {

@@ -31,6 +31,7 @@ pub(crate) mod outbound;
 pub mod path;
 pub(crate) mod pool;
 pub(crate) mod proxy;
+pub(crate) mod revoke;
 pub(crate) mod store;
 pub mod telemetry;
 pub mod token;
@@ -50,7 +51,11 @@ use crate::proxy::State;
 
 /// Builds everything a request needs from a validated config. Fails (listing every
 /// problem) when keys or TLS material do not load.
-fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<String>> {
+fn build_state(
+    cfg: Config,
+    metrics: metrics::Metrics,
+    revs: Arc<revoke::Revocations>,
+) -> Result<State, Vec<String>> {
     let mut problems = Vec::new();
     let keys = match token::load_keys(&cfg) {
         Ok(k) => Some(k),
@@ -87,7 +92,7 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
     let jwks = cfg.auth.remote_jwks().map(|j| {
         token::JwksRemote::new(j, http.clone(), cfg.auth.algorithms.clone(), keys.clone())
     });
-    let route_claims = cfg
+    let mut route_claims: Vec<String> = cfg
         .routes
         .iter()
         .flat_map(|r| {
@@ -97,6 +102,10 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
                 .map(|(c, _)| c.clone())
         })
         .collect();
+    if cfg.revocation.is_some() {
+        // What the revocation check reads of a cached token.
+        route_claims.extend(["iat", "jti", "sid"].map(String::from));
+    }
     let identity: Arc<dyn token::Project> = Arc::new(inject::IdentityHeaders(cfg.identity.clone()));
     let verifier =
         Arc::new(token::Verifier::new(&cfg.auth, keys, identity.clone()).keep_claims(route_claims));
@@ -131,8 +140,13 @@ fn build_state(cfg: Config, metrics: metrics::Metrics) -> Result<State, Vec<Stri
     };
     let token_endpoint =
         token_endpoint::TokenEndpoint::new(&cfg, lifecycle.clone(), verifier.clone(), jwks.clone());
+    let revocation = revoke::api::Service::new(&cfg, revs, verifier.clone()).map(Arc::new);
+    if let Some(r) = &revocation {
+        lifecycle.set_gate(Arc::new(revoke::BanGate(r.revs.clone())));
+    }
     Ok(State {
         token_endpoint,
+        revocation,
         assertion,
         credentials: credentials::Credentials::new(&cfg),
         forwarder: forward::Forwarder::new(&cfg.backend, tls),
@@ -171,7 +185,11 @@ fn start_background(state: &State) {
 /// `check-config` and reload do. Lists every problem.
 pub fn check_config(path: &Path) -> Result<Config, Vec<String>> {
     let cfg = Config::load(path, &ProcessEnv).map_err(|e| e.0)?;
-    build_state(cfg.clone(), metrics::Metrics::new())?;
+    build_state(
+        cfg.clone(),
+        metrics::Metrics::new(),
+        Arc::new(revoke::Revocations::new()),
+    )?;
     Ok(cfg)
 }
 
@@ -190,6 +208,8 @@ pub struct Server {
     metrics: metrics::Metrics,
     prom: Option<metrics_exporter_prometheus::PrometheusHandle>,
     tls: Option<Arc<listen::TlsReloader>>,
+    /// Revocations live for the process: a reload keeps them.
+    revs: Arc<revoke::Revocations>,
 }
 
 impl Server {
@@ -209,8 +229,16 @@ impl Server {
             }
             otel::init(t).map_err(|e| anyhow::anyhow!(e))?;
         }
-        let state =
-            build_state(cfg.clone(), metrics.clone()).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+        let revs = Arc::new(revoke::Revocations::new());
+        if let (Some(st), Some(_)) = (&cfg.shared_store, &cfg.revocation) {
+            // Its own store client and a dedicated pub/sub connection, for the process.
+            let tls = cfg.backend.client_tls();
+            let store = store::Store::new(st, &tls).map_err(|e| anyhow::anyhow!(e))?;
+            let client = store::pubsub_client(st, &tls).map_err(|e| anyhow::anyhow!(e))?;
+            revs.set_shared(revoke::shared::Shared::new(store, client));
+        }
+        let state = build_state(cfg.clone(), metrics.clone(), revs.clone())
+            .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
         let tls = match &cfg.server.tls {
             Some(t) => Some(listen::TlsReloader::new(t).map_err(|e| anyhow::anyhow!(e))?),
             None => None,
@@ -221,6 +249,7 @@ impl Server {
             metrics,
             prom,
             tls,
+            revs,
         })
     }
 
@@ -247,7 +276,9 @@ impl Server {
             metrics: m,
             prom,
             tls,
+            revs,
         } = self;
+        revoke::start(&revs);
         if let Some(h) = prom.clone() {
             // The exporter keeps every histogram sample until it is folded into buckets;
             // with nobody scraping, that is 8 bytes per request forever. Fold them regularly.
@@ -277,7 +308,7 @@ impl Server {
             stop_rx.clone(),
         ));
 
-        signal_loop(config_path, state, tls, m).await;
+        signal_loop(config_path, state, tls, m, revs).await;
         health.draining.store(true, Ordering::Relaxed);
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         let _ = stop_tx.send(true);
@@ -308,6 +339,7 @@ async fn signal_loop(
     state: Arc<ArcSwap<State>>,
     tls: Option<Arc<listen::TlsReloader>>,
     m: metrics::Metrics,
+    revs: Arc<revoke::Revocations>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -339,12 +371,17 @@ async fn signal_loop(
             }
         };
         if let (true, Some(p)) = (reload, &path) {
-            reload_config(p, &state, &m);
+            reload_config(p, &state, &m, &revs);
         }
     }
 }
 
-fn reload_config(path: &Path, state: &ArcSwap<State>, m: &metrics::Metrics) {
+fn reload_config(
+    path: &Path,
+    state: &ArcSwap<State>,
+    m: &metrics::Metrics,
+    revs: &Arc<revoke::Revocations>,
+) {
     let cfg = match Config::load(path, &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -358,7 +395,7 @@ fn reload_config(path: &Path, state: &ArcSwap<State>, m: &metrics::Metrics) {
             "listen addresses change only on restart; the rest of the new config applies"
         );
     }
-    match build_state(cfg, m.clone()) {
+    match build_state(cfg, m.clone(), revs.clone()) {
         Ok(s) => {
             if let (Some(new), Some(prev)) = (&s.jwks, &old.jwks) {
                 new.inherit(prev, &s.verifier);

@@ -37,6 +37,8 @@ pub struct State {
     pub introspector: Option<Arc<Introspector>>,
     pub assertion: Option<Arc<crate::assertion::Signer>>,
     pub token_endpoint: Option<crate::token_endpoint::TokenEndpoint>,
+    /// Revocations and bans, when `[revocation]` is configured.
+    pub revocation: Option<Arc<crate::revoke::api::Service>>,
 }
 
 /// Facts about the connection a request came in on.
@@ -86,6 +88,8 @@ pub struct Ctx<'s> {
     pub error: Option<&'static str>,
     /// Answered by the sidecar's own endpoint (tokens): CORS headers as on a refusal.
     pub own_answer: bool,
+    /// The revocation epoch at the check (streams opened later look again on a change).
+    pub revoke_seen: u64,
 }
 
 impl Ctx<'_> {
@@ -108,6 +112,7 @@ impl Ctx<'_> {
             preflight: false,
             error: None,
             own_answer: false,
+            revoke_seen: 0,
         }
     }
 
@@ -421,6 +426,7 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
         }
         if app_token.is_some() && state.lifecycle.can_renew() {
             let s = state.lifecycle.renew(None, None, app_token).await?;
+            check_revoked(state, &mut ctx.revoke_seen, &s.verified)?;
             ctx.renewed(s);
             return Ok(());
         }
@@ -452,6 +458,7 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
     }
     match verdict? {
         Verdict::Valid(v) => {
+            check_revoked(state, &mut ctx.revoke_seen, &v)?;
             ctx.who = Some(v);
             ctx.decision = Decision::Allowed;
         }
@@ -459,8 +466,12 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
             if !state.lifecycle.can_renew() {
                 return Err(ProxyError::TokenExpired);
             }
+            // A banned user, or a session logged out since, is not renewed: refused
+            // before the token service is asked.
+            check_revoked(state, &mut ctx.revoke_seen, &old)?;
             let refresh = ctx.owned.refresh_token.as_deref();
             let s = state.lifecycle.renew(Some(old), refresh, app_token).await?;
+            check_revoked(state, &mut ctx.revoke_seen, &s.verified)?;
             ctx.renewed(s);
         }
     }
@@ -478,16 +489,33 @@ async fn identify_opaque(
 ) -> Result<(), ProxyError> {
     match intro.session(token).await? {
         Checked::Active(v) => {
+            check_revoked(state, &mut ctx.revoke_seen, &v)?;
             ctx.who = Some(v);
             ctx.decision = Decision::Allowed;
         }
         Checked::Gone(Some(old)) if state.lifecycle.can_initiate() => {
+            // A revoked session or a banned user is not renewed.
+            check_revoked(state, &mut ctx.revoke_seen, &old)?;
             let s = state.lifecycle.renew_opaque(old, app_token, intro).await?;
+            check_revoked(state, &mut ctx.revoke_seen, &s.verified)?;
             ctx.renewed(s);
         }
         Checked::Gone(Some(_)) => return Err(ProxyError::TokenExpired),
         Checked::Gone(None) => {
             return Err(ProxyError::InvalidToken("the access token is not active"))
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a revoked token or a banned user (one hash lookup while anything is
+/// revoked, none otherwise), and notes the epoch it checked at.
+fn check_revoked(state: &State, seen: &mut u64, v: &Verified) -> Result<(), ProxyError> {
+    if let Some(r) = &state.revocation {
+        *seen = r.revs.epoch();
+        if let Err(why) = r.revs.check(v) {
+            crate::revoke::count_refused(why);
+            return Err(why.into());
         }
     }
     Ok(())
@@ -557,6 +585,11 @@ async fn forward(
         }
         _ => None,
     };
+    // A revoked user's pending request, stream or tunnel ends within the second.
+    let watched = match (&state.revocation, &ctx.who) {
+        (Some(r), Some(who)) => Some((r.revs.clone(), who.clone())),
+        _ => None,
+    };
     let hop = Hop {
         client_ip: conn.ip.clone(),
         tls: conn.tls,
@@ -564,16 +597,49 @@ async fn forward(
         query,
         upgrade: ctx.upgrade,
         tunnel_deadline,
+        revoked: watched
+            .as_ref()
+            .filter(|_| ctx.upgrade)
+            .map(|(revs, who)| revs.watch(who.clone(), ctx.revoke_seen)),
     };
     let body = crate::inbound::Inbound::new(body, state.cfg.server.body_read_timeout);
     let req = Request::from_parts(parts, body);
-    let mut resp = match state.forwarder.forward(req, hop, &state.metrics).await {
+    let forwarded = state.forwarder.forward(req, hop, &state.metrics);
+    let result = match &watched {
+        Some((revs, who)) => {
+            tokio::select! {
+                r = forwarded => r,
+                why = revs.clone().until_refused(who.clone(), ctx.revoke_seen) => {
+                    crate::revoke::count_closed("pending");
+                    Err(ProxyError::from(why))
+                }
+            }
+        }
+        None => forwarded.await,
+    };
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             ctx.decision = Decision::Failed;
             e.into_response()
         }
     };
+    if let Some((revs, who)) = watched {
+        // Open-ended bodies (SSE, streamed long polls: no Content-Length) end when
+        // their user is revoked; sized ones finish by themselves.
+        let open_ended = matches!(resp.body(), ProxyBody::Stream { .. })
+            && !resp.headers().contains_key(header::CONTENT_LENGTH)
+            && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+        if open_ended {
+            let stop = revs.watch(who, ctx.revoke_seen);
+            resp = resp.map(|b| {
+                b.watched(async move {
+                    let _ = stop.await;
+                    crate::revoke::count_closed("stream");
+                })
+            });
+        }
+    }
     // The new pair goes back even when the backend failed: the old refresh token may
     // already be rotated away, and losing the pair would log the user out.
     if let Some(s) = &ctx.renewed {

@@ -19,6 +19,7 @@ mod log;
 mod otel;
 pub mod reference;
 mod response;
+mod revocation;
 mod routes;
 mod secret;
 mod server;
@@ -46,6 +47,7 @@ pub use lifecycle::{
 pub use log::{Log, LogFormat};
 pub use otel::{OtlpProtocol, Tracing};
 pub use response::ResponseTokens;
+pub use revocation::Revocation;
 pub use routes::{Limit, Route, RouteMode};
 pub use secret::{Secret, SecretBytes};
 pub use server::{Admin, Server, Tls};
@@ -102,6 +104,9 @@ pub struct Config {
     /// Redis shared by the replicas, so each refresh and initiate is made once across
     /// them; unset = each replica on its own.
     pub shared_store: Option<SharedStore>,
+    /// Log out everywhere, bans, one token or session, OIDC back-channel logout; unset =
+    /// nothing is revoked.
+    pub revocation: Option<Revocation>,
     /// A short-lived JWT signed by the sidecar for the backend; unset = none.
     pub assertion: Option<Assertion>,
     /// Browsers on other origins: preflights and CORS headers; unset = no CORS handling
@@ -224,6 +229,9 @@ impl Config {
         if let Some(st) = &mut self.shared_store {
             st.validate(c);
         }
+        if let Some(r) = &mut self.revocation {
+            r.validate(c, &self.auth.audience);
+        }
         if let Some(f) = &mut self.forward_auth {
             f.validate(c);
         }
@@ -307,6 +315,9 @@ impl Config {
             .and_then(|t| t.login_jwt.as_mut())
         {
             fix_secret(&mut l.secret);
+        }
+        if let Some(r) = &mut self.revocation {
+            r.admin_secret.iter_mut().for_each(fix_secret);
         }
         if let Some(st) = &mut self.shared_store {
             fix_secret(&mut st.secret);

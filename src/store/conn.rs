@@ -21,45 +21,61 @@ pub enum Conn {
     Cluster(cluster::Lazy),
 }
 
+/// A plain client for the URL (a single server, or the one cluster node named), with
+/// the configured credentials and CA.
+fn single_client(cfg: &SharedStore, ca: Option<Vec<u8>>) -> Result<Client, String> {
+    let mut info = cfg
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| format!("shared_store.url: {e}"))?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(u) = &cfg.username {
+        settings = settings.set_username(String::from_utf8_lossy(&u.0));
+    }
+    if let Some(p) = &cfg.password {
+        settings = settings.set_password(String::from_utf8_lossy(&p.0));
+    }
+    info = info.set_redis_settings(settings);
+    match ca {
+        Some(root) => Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root),
+            },
+        ),
+        None => Client::open(info),
+    }
+    .map_err(|e| format!("shared_store.url: {e}"))
+}
+
+/// A client for a dedicated pub/sub connection (a cluster broadcasts `PUBLISH` to every
+/// node, so any one node will do).
+pub fn pubsub_client(cfg: &SharedStore, tls: &ClientTls) -> Result<Client, String> {
+    single_client(cfg, read_ca(cfg, tls)?)
+}
+
+fn read_ca(cfg: &SharedStore, tls: &ClientTls) -> Result<Option<Vec<u8>>, String> {
+    Ok(match (&tls.ca_file, cfg.url.starts_with("rediss://")) {
+        (Some(path), true) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("shared_store: cannot read {}: {e}", path.display()))?,
+        ),
+        _ => None,
+    })
+}
+
 impl Conn {
     pub fn new(cfg: &SharedStore, tls: &ClientTls) -> Result<Conn, String> {
-        let ca = match (&tls.ca_file, cfg.url.starts_with("rediss://")) {
-            (Some(path), true) => Some(
-                std::fs::read(path)
-                    .map_err(|e| format!("shared_store: cannot read {}: {e}", path.display()))?,
-            ),
-            _ => None,
-        };
+        let ca = read_ca(cfg, tls)?;
         if cfg.cluster {
             #[cfg(feature = "redis-cluster")]
             return cluster::Lazy::new(cfg, ca).map(Conn::Cluster);
             #[cfg(not(feature = "redis-cluster"))]
             return Err("shared_store.cluster: this build has no `redis-cluster` feature".into());
         }
-        let mut info = cfg
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| format!("shared_store.url: {e}"))?;
-        let mut settings = info.redis_settings().clone();
-        if let Some(u) = &cfg.username {
-            settings = settings.set_username(String::from_utf8_lossy(&u.0));
-        }
-        if let Some(p) = &cfg.password {
-            settings = settings.set_password(String::from_utf8_lossy(&p.0));
-        }
-        info = info.set_redis_settings(settings);
-        let client = match ca {
-            Some(root) => Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root),
-                },
-            ),
-            None => Client::open(info),
-        }
-        .map_err(|e| format!("shared_store.url: {e}"))?;
+        let client = single_client(cfg, ca)?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.operation_timeout))
             .set_response_timeout(Some(cfg.operation_timeout))

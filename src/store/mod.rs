@@ -328,6 +328,32 @@ impl Store {
     }
 }
 
+/// What another module (revocations) uses of the store: its scripts run with the same
+/// timeout and up/down tracking, its keys under the same prefix.
+impl Store {
+    pub async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.op(self.conn.invoke(inv)).await
+    }
+
+    /// `<prefix><kind>:{<id>}:<what>`: keys with one `id` share a cluster slot.
+    pub fn key_for(&self, kind: &str, id: &str, what: &str) -> String {
+        self.key(kind, id, what)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+}
+
+pub use conn::pubsub_client;
+
 /// The coordinator handed to the lifecycle.
 pub struct Shared(pub Arc<Store>);
 

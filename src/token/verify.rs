@@ -173,6 +173,32 @@ impl Verifier {
         v.keep_claims(vec!["email".into(), "externalId".into(), "name".into()])
     }
 
+    /// The verifier for OIDC back-channel logout tokens: the access tokens' algorithms,
+    /// issuer and leeway (keys from [`Verifier::use_keys_of`]), `audience` instead of
+    /// theirs; `sub` optional (a `sid` may name the session alone), `exp` optional, `iat`
+    /// required and at most `max_age` old; no required claims of access tokens.
+    pub fn logout_tokens(auth: &Auth, audience: Vec<String>, max_age: Duration) -> Verifier {
+        let mut v = Verifier::new(auth, KeySet::default(), Arc::new(NoProjection));
+        v.audience = audience;
+        v.required_claims = Vec::new();
+        v.policy = Policy {
+            require_sub: false,
+            require_exp: false,
+            max_age: Some(max_age.as_secs()),
+        };
+        v.cache = TokenCache::new(1);
+        v.expired = TokenCache::new(1);
+        v.keep_claims(["sid", "jti", "events", "nonce"].map(String::from).to_vec())
+    }
+
+    /// Verifies with another verifier's current keys (kept current by JWKS refreshes).
+    pub fn use_keys_of(&self, other: &Verifier) {
+        let keys = other.keys();
+        if let Ok(mut k) = self.keys.write() {
+            *k = keys;
+        }
+    }
+
     /// Keeps only these claims in cached entries (identity headers are already built).
     pub fn keep_claims(mut self, names: Vec<String>) -> Self {
         self.kept_claims = names;

@@ -2,7 +2,8 @@
 //!
 //! - any path: echoes method, path, query, every received header (in order, duplicates
 //!   kept) and the body as JSON ([`Echo`]);
-//! - `/sse`: server-sent events, [`SSE_EVENTS`] of them, [`SSE_GAP`] apart;
+//! - `/sse`: server-sent events, [`SSE_EVENTS`] of them (`?events=N`: N, at most 1000),
+//!   [`SSE_GAP`] apart;
 //! - `/upload`: `{"bytes": n, "sha256": "<hex>"}` of the streamed body;
 //! - `/slow?ms=N`: sleeps N ms (default 5000) before answering;
 //! - `/status/NNN`: answers NNN with the echo body;
@@ -333,8 +334,12 @@ async fn handle(
         "/sse" => {
             st.seen.lock().unwrap().push(echo);
             let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+            let events = query_param(&req, "events")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(SSE_EVENTS)
+                .min(1000);
             tokio::spawn(async move {
-                for i in 1..=SSE_EVENTS {
+                for i in 1..=events {
                     if i > 1 {
                         tokio::time::sleep(SSE_GAP).await;
                     }

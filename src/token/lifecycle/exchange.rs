@@ -182,6 +182,8 @@ fn record(
         Err(RenewError::Rejected(_)) => "rejected",
         Err(RenewError::Unavailable { .. }) => "unavailable",
         Err(RenewError::BadResponse(_)) | Err(RenewError::Expired) => "bad_response",
+        // Never the outcome of a call: a banned user is refused before one.
+        Err(RenewError::Banned) => "banned",
     };
     metrics::counter!("auth_sidecar_token_service_calls_total", "call" => call, "outcome" => outcome).increment(1);
     metrics::histogram!("auth_sidecar_token_service_seconds", "call" => call)

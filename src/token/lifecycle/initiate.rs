@@ -95,6 +95,9 @@ impl Lifecycle {
         self: &Arc<Self>,
         subject: Subject,
     ) -> Result<Arc<Session>, RenewError> {
+        if self.banned(&subject.sub) || self.banned(&subject.external_id) {
+            return Err(RenewError::Banned);
+        }
         if self.initiate_refused.contains_key(&subject.key) {
             metrics::counter!("auth_sidecar_initiate_total", "outcome" => "rejected_cached")
                 .increment(1);

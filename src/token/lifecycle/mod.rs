@@ -67,6 +67,15 @@ pub enum RenewError {
     /// The token service answered with tokens we must not use.
     #[error("{0}")]
     BadResponse(&'static str),
+    /// The user is banned: the token service was not asked.
+    #[error("this user is banned")]
+    Banned,
+}
+
+/// Who may not get a new session (a banned user): asked before initiate calls the
+/// token service.
+pub trait Gate: Send + Sync + 'static {
+    fn banned(&self, user: &str) -> bool;
 }
 
 const REFRESH_REJECTED: RenewError =
@@ -88,6 +97,8 @@ pub struct Lifecycle {
     initiate_refused: Cache<String, ()>,
     refresh_budget: budget::Budget,
     initiate_budget: budget::Budget,
+    /// Bans (set once, when revocation is configured).
+    gate: std::sync::OnceLock<Arc<dyn Gate>>,
 }
 
 impl Lifecycle {
@@ -144,7 +155,17 @@ impl Lifecycle {
             http,
             coordinator,
             verifier,
+            gate: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Refuses sessions for banned users from now on.
+    pub fn set_gate(&self, g: Arc<dyn Gate>) {
+        let _ = self.gate.set(g);
+    }
+
+    fn banned(&self, user: &str) -> bool {
+        self.gate.get().is_some_and(|g| g.banned(user))
     }
 
     /// Whether this lifecycle can do anything for a request without a usable token.
