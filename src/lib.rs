@@ -138,12 +138,17 @@ fn build_state(
         )),
         None => None,
     };
-    let token_endpoint =
-        token_endpoint::TokenEndpoint::new(&cfg, lifecycle.clone(), verifier.clone(), jwks.clone());
     let revocation = revoke::api::Service::new(&cfg, revs, verifier.clone()).map(Arc::new);
     if let Some(r) = &revocation {
         lifecycle.set_gate(Arc::new(revoke::BanGate(r.revs.clone())));
     }
+    let token_endpoint = token_endpoint::TokenEndpoint::new(
+        &cfg,
+        lifecycle.clone(),
+        verifier.clone(),
+        jwks.clone(),
+        revocation.as_ref().map(|r| r.revs.clone()),
+    );
     Ok(State {
         token_endpoint,
         revocation,

@@ -31,6 +31,8 @@ pub struct TokenEndpoint {
     /// The app identity header, when `[app_identity]` is set and accepted as a proof.
     app_header: Option<HeaderName>,
     login: Option<LoginSigner>,
+    /// Revocations and bans, when `[revocation]` is configured.
+    revs: Option<Arc<crate::revoke::Revocations>>,
 }
 
 /// What one answer did, for the access log and metrics.
@@ -47,6 +49,7 @@ impl TokenEndpoint {
         lifecycle: Arc<Lifecycle>,
         verifier: Arc<Verifier>,
         jwks: Option<Arc<JwksRemote>>,
+        revs: Option<Arc<crate::revoke::Revocations>>,
     ) -> Option<TokenEndpoint> {
         let te = cfg.token_endpoint.clone()?;
         let app_header = cfg
@@ -65,6 +68,7 @@ impl TokenEndpoint {
             jwks,
             app_header,
             login,
+            revs,
         })
     }
 
@@ -102,6 +106,13 @@ impl TokenEndpoint {
             return Err(ProxyError::MethodNotAllowed);
         }
         let (subject, by_token) = self.prove(parts, owned, credentials).await?;
+        // A banned user gets nothing here either: no session, no login JWT.
+        if let Some(r) = &self.revs {
+            if r.banned(&subject.sub) || r.banned(&subject.external_id) {
+                crate::revoke::count_refused(crate::revoke::Refused::Banned);
+                return Err(ProxyError::UserBanned);
+            }
+        }
         // Signed first: an identity that cannot have a login JWT costs no initiate call.
         let login = match &self.login {
             Some(l) => Some(l.sign(&subject)?),
@@ -153,6 +164,12 @@ impl TokenEndpoint {
                         continue;
                     };
                     let v = self.verify(&cred.token).await?;
+                    // A revoked token proves nothing (logged out everywhere, or its
+                    // `jti`/`sid` revoked).
+                    if let Some(r) = &self.revs {
+                        r.check(&v)
+                            .inspect_err(|why| crate::revoke::count_refused(*why))?;
+                    }
                     match self.lifecycle.subject_for(Some(&v), None) {
                         Some(s) => return Ok((s, true)),
                         None => stale = true,

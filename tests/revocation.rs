@@ -1096,3 +1096,67 @@ async fn a_config_reload_keeps_the_revocations() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_endpoint_gives_nothing_for_a_revoked_token_or_a_banned_user() {
+    bounded(async {
+        let ts = TokenService::start(API_KEY).await;
+        let Rig {
+            backend: _backend,
+            ts,
+            sc,
+            ..
+        } = lifecycle_rig(ts)
+            .cfg(|c| {
+                c.extra(
+                    "[token_endpoint]\npath = \"/sdk/tokens\"\naccept = [\"access_token\", \"app_identity\"]\n",
+                )
+            })
+            .start()
+            .await;
+        let tokens = |proof: (&'static str, String)| {
+            let sc = &sc;
+            async move {
+                let rb = client().post(sc.url("/sdk/tokens"));
+                let rb = match proof.0 {
+                    "bearer" => rb.bearer_auth(proof.1),
+                    _ => rb.header("x-app-identity", proof.1),
+                };
+                send(rb).await
+            }
+        };
+        // Before: both proofs get tokens.
+        let old = token("alice", 30, json!({}));
+        let r = tokens(("bearer", old.clone())).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let calls = ts.initiate_calls();
+        assert_eq!(calls, 1);
+
+        // Logged out everywhere: the old token proves nothing, and no initiate is made.
+        let r = revoke(&sc, "/revocations/logout", json!({"sub": "alice"})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        tokens(("bearer", old.clone()))
+            .await
+            .assert_error(401, "token_revoked");
+        assert_eq!(ts.initiate_calls(), calls);
+
+        // Banned: neither a fresh token nor an app identity token gets anything.
+        let r = revoke(
+            &sc,
+            "/revocations/bans",
+            json!({"sub": "alice", "duration": "1h"}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        tokens(("bearer", token("alice", 0, json!({}))))
+            .await
+            .assert_error(401, "user_banned");
+        let app = app_token(&json!({"externalId": "alice", "iat": now()}));
+        tokens(("app", app)).await.assert_error(401, "user_banned");
+        assert_eq!(ts.initiate_calls(), calls, "no initiate for a banned user");
+        // Another user is untouched.
+        let r = tokens(("bearer", token("bob", 0, json!({})))).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    })
+    .await
+}
