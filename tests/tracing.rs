@@ -65,7 +65,11 @@ async fn a_refreshed_request_is_one_trace_from_the_client_through_the_token_serv
         let jwks_url = jwks.url();
         let otel = collector.config("");
         let Rig {
-            backend, ts, sc, ..
+            backend,
+            ts,
+            sc,
+            jwks: _jwks,
+            ..
         } = Rig::builder()
             .token_service(TokenService::start(API_KEY).await)
             .jwks(jwks)
