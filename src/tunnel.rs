@@ -129,3 +129,29 @@ where
     })
     .await
 }
+
+/// Copies `r` to `w` until `r` ends (then shuts `w` down), holding no buffer while idle.
+pub async fn copy_one<R, W>(r: &mut R, w: &mut W) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut half = Half::default();
+    poll_fn(|cx| half.poll_copy(cx, Pin::new(&mut *r), Pin::new(&mut *w))).await
+}
+
+/// What `r` has to read now, in a buffer that lives only as long as the caller keeps it
+/// (a reader waiting for data holds none); empty at end of file. Cancel-safe: bytes are
+/// taken only when the read completes.
+pub async fn read_chunk<R>(r: &mut R) -> io::Result<Vec<u8>>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    poll_fn(|cx| {
+        let mut stack = [MaybeUninit::<u8>::uninit(); CHUNK];
+        let mut buf = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut *r).poll_read(cx, &mut buf))?;
+        Poll::Ready(Ok(buf.filled().to_vec()))
+    })
+    .await
+}

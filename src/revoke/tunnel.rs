@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{Refused, Stop};
 
@@ -123,9 +123,9 @@ where
 {
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut br, mut bw) = tokio::io::split(backend);
+    // Neither direction holds a copy buffer while the socket is idle (`crate::tunnel`).
     let up = async {
-        let _ = tokio::io::copy(&mut cr, &mut bw).await;
-        let _ = bw.shutdown().await;
+        let _ = crate::tunnel::copy_one(&mut cr, &mut bw).await;
     };
     let left = deadline.map(|at| {
         at.duration_since(SystemTime::now())
@@ -141,7 +141,6 @@ where
         tokio::pin!(expiry);
         let mut stop = stop;
         let mut frames = Frames::default();
-        let mut buf = vec![0u8; 16 * 1024];
         let mut stopping: Option<Refused> = None;
         let finish = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(finish);
@@ -159,11 +158,12 @@ where
                     break Ended::Refused { why: stopping.unwrap_or(Refused::Revoked), framed: false };
                 }
                 _ = &mut expiry => break Ended::Expired,
-                n = br.read(&mut buf) => {
-                    let n = match n {
-                        Ok(0) | Err(_) => break Ended::Closed,
-                        Ok(n) => n,
+                chunk = crate::tunnel::read_chunk(&mut br) => {
+                    let buf = match chunk {
+                        Ok(b) if !b.is_empty() => b,
+                        _ => break Ended::Closed,
                     };
+                    let n = buf.len();
                     match stopping {
                         None => {
                             frames.feed(&buf[..n]);
