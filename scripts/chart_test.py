@@ -69,6 +69,7 @@ SECRET_KEYS = [
     ("shared_store", "secret"),
     ("shared_store", "username"),
     ("shared_store", "password"),
+    ("revocation", "admin_secret"),
 ]
 # API groups whose kinds are CRDs: no schema in kubernetes-validate, asserted structurally.
 CRD_GROUPS = ("monitoring.coreos.com/",)
@@ -224,7 +225,8 @@ def secret_strings(docs: list[dict[str, Any]], values: dict[str, Any]) -> set[st
             found.add(str(v))
     sec = values.get("secrets") or {}
     for k in ("hmacSecret", "initiateApiKey", "refreshApiKey", "appIdentitySecret",
-              "sharedStoreSecret", "sharedStoreUsername", "sharedStorePassword"):
+              "sharedStoreSecret", "sharedStoreUsername", "sharedStorePassword",
+              "revocationAdminSecret"):
         if sec.get(k):
             found.add(str(sec[k]))
     if (values.get("tls") or {}).get("key"):
@@ -390,6 +392,30 @@ def notes_of(rendered: dict[str, str]) -> str:
 STORE_WARNING = "WARNING: "
 
 
+def expect_revocation(s: Scenario, docs: list[dict[str, Any]]) -> None:
+    """config.revocation passes through; its admin secret, when given, is a reference to
+    the Secret (and absent otherwise: the API is off)."""
+    merged = helm.Chart.load(s.chart).merge_values(s.values)
+    sec = merged["secrets"]
+    rev = rendered_config(docs).get("revocation") or {}
+    R.check(f"{s.name}: config.revocation passes through to config.toml",
+            rev.get("max_token_lifetime") == merged["config"]["revocation"]["max_token_lifetime"], f"{rev}")
+    used = (("revocationAdminSecret" in (sec.get("existingSecretOptional") or [])) if sec["existingSecret"]
+            else bool(sec.get("revocationAdminSecret")))
+    ref = rev.get("admin_secret")
+    if not used:
+        R.check(f"{s.name}: no admin secret given, none referenced (the revocation API is off)", ref is None, f"{ref}")
+        return
+    expect = ({"env": "AUTH_SIDECAR_REVOCATION_ADMIN_SECRET"} if sec["mountAs"] == "env"
+              else {"file": f"{sec['mountPath']}/revocation-admin-secret"})
+    R.check(f"{s.name}: revocation.admin_secret references the Secret ({sec['mountAs']})", ref == expect,
+            f"{ref}, want {expect}")
+    if not sec["existingSecret"]:
+        data = object_data(docs, s, "Secret", kinds(docs, "Secret")[0]["metadata"]["name"]) or {}
+        R.check(f"{s.name}: the chart's Secret holds the revocation admin secret",
+                data.get(sec["keys"]["revocationAdminSecret"]) == sec["revocationAdminSecret"], "")
+
+
 def expect_shared_store(s: Scenario, docs: list[dict[str, Any]]) -> None:
     """config.shared_store passes through and its secrets are references to the Secret."""
     merged = helm.Chart.load(s.chart).merge_values(s.values)
@@ -493,6 +519,15 @@ def scenarios() -> list[Scenario]:
                  expect=expect_tls_inline),
         Scenario("ipv6-listen", deep_merge(gateway, {"listenHost": "::"})),
         Scenario("shared-store", store, expect=expect_shared_store),
+        Scenario("revocation", deep_merge(gateway, {"config": {"revocation": {"max_token_lifetime": "1h"}},
+                                                    "secrets": {"revocationAdminSecret": LONG + "-revoke"}}),
+                 expect=expect_revocation),
+        Scenario("revocation-env", deep_merge(gateway, {"config": {"revocation": {"max_token_lifetime": "1h"}},
+                                                        "secrets": {"mountAs": "env",
+                                                                    "revocationAdminSecret": LONG + "-revoke"}}),
+                 expect=expect_revocation),
+        Scenario("revocation-api-off", deep_merge(gateway, {"config": {"revocation": {"max_token_lifetime": "2h"}}}),
+                 expect=expect_revocation),
         Scenario("shared-store-env-existing-secret",
                  deep_merge(store, {"secrets": {"existingSecret": "chat-auth-store", "mountAs": "env",
                                                 "existingSecretOptional": ["sharedStorePassword"]}}),
@@ -866,6 +901,10 @@ def check_refusals(chart: helm.Chart) -> None:
         ("unknown config section", deep_merge(gateway, {"config": {"sever": {"listen": "x"}}}), "sever"),
         ("shared_store without its secret", deep_merge(store, {"secrets": {"sharedStoreSecret": ""}}),
          "secrets.sharedStoreSecret is required: the config needs it (shared_store.secret)"),
+        ("short revocation admin secret",
+         deep_merge(gateway, {"config": {"revocation": {"max_token_lifetime": "1h"}},
+                              "secrets": {"revocationAdminSecret": "too-short"}}),
+         "secrets.revocationAdminSecret must be at least 16 bytes"),
         ("short shared store secret", deep_merge(store, {"secrets": {"sharedStoreSecret": "too-short-for-a-key"}}),
          "secrets.sharedStoreSecret must be at least 32 bytes"),
         ("shared_store without url", deep_merge(gateway, {"config": {"shared_store": {"lease": "10s"}},

@@ -163,6 +163,7 @@ config needs it and the user did not write a reference for it under config.
 {{- $refresh := get $cfg "refresh" | default dict }}
 {{- $appIdentity := get $cfg "app_identity" | default dict }}
 {{- $store := get $cfg "shared_store" | default dict }}
+{{- $revocation := get $cfg "revocation" }}
 {{- $algorithms := get $auth "algorithms" }}
 {{- if kindIs "invalid" $algorithms }}{{ $algorithms = list "HS256" }}{{ end }}
 {{- $wantsHmac := false }}
@@ -191,6 +192,14 @@ config needs it and the user did not write a reference for it under config.
 {{- if and $wanted (not (get $store $key)) }}
 {{- $specs = append $specs (dict "name" $name "section" "shared_store" "key" $key "file" (printf "shared-store-%s" $key) "env" (printf "AUTH_SIDECAR_SHARED_STORE_%s" (upper $key)) "minBytes" 1) }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- /* Optional: the revocation API is off without its secret, so it is used when set (or
+  listed in secrets.existingSecretOptional). */}}
+{{- if and $revocation (not (get $revocation "admin_secret")) }}
+{{- $wanted := ternary (has "revocationAdminSecret" ($.Values.secrets.existingSecretOptional | default list)) (ne ($.Values.secrets.revocationAdminSecret | default "") "") (ne $.Values.secrets.existingSecret "") }}
+{{- if $wanted }}
+{{- $specs = append $specs (dict "name" "revocationAdminSecret" "section" "revocation" "key" "admin_secret" "file" "revocation-admin-secret" "env" "AUTH_SIDECAR_REVOCATION_ADMIN_SECRET" "minBytes" 16) }}
 {{- end }}
 {{- end }}
 {{- $out := list }}
