@@ -50,8 +50,8 @@ pub struct Tracing {
     #[serde(with = "types::duration")]
     #[schemars(with = "String")]
     pub batch_delay: Duration,
-    /// Finished spans held for export at most; beyond it spans are dropped (and
-    /// counted), so a collector outage costs bounded memory.
+    /// Finished spans held for export at most; beyond it new spans are dropped, so a
+    /// collector outage costs bounded memory.
     pub max_queue: usize,
 }
 
