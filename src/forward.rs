@@ -95,7 +95,8 @@ pub struct Hop<'a> {
 }
 
 impl Forwarder {
-    pub fn new(cfg: &Backend, tls: rustls::ClientConfig) -> Forwarder {
+    /// `workers`: the proxy's worker threads (the pool keeps their connections apart).
+    pub fn new(cfg: &Backend, tls: rustls::ClientConfig, workers: usize) -> Forwarder {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
@@ -127,6 +128,7 @@ impl Forwarder {
                 cfg.pool_max_idle,
                 cfg.pool_idle_timeout,
                 cfg.max_connections,
+                workers,
             )))
         };
         Forwarder {

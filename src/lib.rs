@@ -154,7 +154,7 @@ fn build_state(
         revocation,
         assertion,
         credentials: credentials::Credentials::new(&cfg),
-        forwarder: forward::Forwarder::new(&cfg.backend, tls),
+        forwarder: forward::Forwarder::new(&cfg.backend, tls, cfg.server.worker_threads),
         cfg: Arc::new(cfg),
         verifier,
         lifecycle,
@@ -306,18 +306,19 @@ impl Server {
             tokio::spawn(admin::serve(l, state.clone(), health.clone(), prom));
         }
         tracing::info!(addr = %addr, tls = tls.is_some(), backend = %cfg.backend.uri, "listening");
-        let server = tokio::spawn(listen::serve(
+        let mut workers = listen::Workers::start(
             listener,
+            cfg.server.worker_threads,
             state.clone(),
             tls.clone(),
             stop_rx.clone(),
-        ));
+        )?;
 
         signal_loop(config_path, state, tls, m, revs).await;
         health.draining.store(true, Ordering::Relaxed);
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         let _ = stop_tx.send(true);
-        let _ = server.await;
+        workers.drained().await;
         // Upgraded connections (WebSockets) are not tracked by the HTTP drain: give them
         // the rest of the grace period.
         let deadline = tokio::time::Instant::now() + cfg.server.shutdown_grace;
@@ -325,6 +326,8 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         otel::shutdown(Duration::from_secs(5)).await;
+        // Now the worker threads may end (and with them any tunnel past the grace period).
+        drop(workers);
         tracing::info!("stopped");
         Ok(())
     }

@@ -121,17 +121,130 @@ fn builder(s: &Server) -> auto::Builder<TokioExecutor> {
     b
 }
 
+thread_local! {
+    /// The worker serving on this thread (0 on the main thread): the backend pool keeps
+    /// each worker's connections apart.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The worker this code runs on, 0 … `server.worker_threads - 1`.
+pub fn worker() -> usize {
+    WORKER.with(|w| w.get())
+}
+
+/// The proxy's workers, serving until `shutdown` turns true.
+///
+/// With one worker the calling runtime serves. With more, each worker is a thread with
+/// its own current-thread runtime that accepts from the same listening socket, so a
+/// connection, its requests and (through the pool's per-worker shards) the backend
+/// connections it uses stay on one thread: no cross-thread wake-up per request, which a
+/// multi-thread runtime pays whenever a client task and a pooled backend connection's
+/// task sit on different workers. The process model is nginx's; a busy worker accepts
+/// less, as an nginx worker does.
+pub struct Workers {
+    /// One per worker: fires when its listener has closed and its requests have drained.
+    drained: Vec<tokio::sync::oneshot::Receiver<()>>,
+    /// Dropped (with `Workers`): the worker threads end their runtimes. Until then they
+    /// keep running what outlives the drain (WebSocket tunnels, spawned renewals).
+    _release: watch::Sender<bool>,
+}
+
+impl Workers {
+    pub fn start(
+        listener: TcpListener,
+        workers: usize,
+        state: Arc<ArcSwap<State>>,
+        tls: Option<Arc<TlsReloader>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Workers> {
+        let cfg = state.load().cfg.server.clone();
+        let shared = Shared {
+            builder: Arc::new(builder(&cfg)),
+            limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            grace: cfg.shutdown_grace,
+        };
+        let (release, released) = watch::channel(false);
+        let mut drained = Vec::with_capacity(workers);
+        if workers <= 1 {
+            let (done, rx) = tokio::sync::oneshot::channel();
+            drained.push(rx);
+            tokio::spawn(async move {
+                serve(listener, state, tls, shutdown, shared).await;
+                let _ = done.send(());
+            });
+            return Ok(Workers {
+                drained,
+                _release: release,
+            });
+        }
+        let std_listener = listener.into_std()?;
+        // Every runtime and socket first: a worker that cannot start fails the start.
+        let mut parts = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            parts.push((rt, std_listener.try_clone()?));
+        }
+        drop(std_listener);
+        for (i, (rt, l)) in parts.into_iter().enumerate() {
+            let (done, rx) = tokio::sync::oneshot::channel();
+            drained.push(rx);
+            let (state, tls, shutdown, shared) =
+                (state.clone(), tls.clone(), shutdown.clone(), shared.clone());
+            let mut released = released.clone();
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || {
+                    WORKER.with(|w| w.set(i));
+                    rt.block_on(async move {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => serve(l, state, tls, shutdown, shared).await,
+                            Err(e) => {
+                                tracing::error!(worker = i, error = %e, "worker cannot listen")
+                            }
+                        }
+                        let _ = done.send(());
+                        let _ = released.wait_for(|r| *r).await;
+                    });
+                })?;
+        }
+        Ok(Workers {
+            drained,
+            _release: release,
+        })
+    }
+
+    /// Waits until every worker has closed its listener and drained its requests.
+    pub async fn drained(&mut self) {
+        for d in &mut self.drained {
+            let _ = d.await;
+        }
+    }
+}
+
+/// What the workers share: protocol settings, the connection limit, the grace period.
+#[derive(Clone)]
+struct Shared {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limit: Arc<Semaphore>,
+    grace: Duration,
+}
+
 /// Accepts until `shutdown` turns true, then drains in-flight requests for up to the
 /// grace period.
-pub async fn serve(
+async fn serve(
     listener: TcpListener,
     state: Arc<ArcSwap<State>>,
     tls: Option<Arc<TlsReloader>>,
     mut shutdown: watch::Receiver<bool>,
+    shared: Shared,
 ) {
-    let server_cfg = state.load().cfg.server.clone();
-    let builder = Arc::new(builder(&server_cfg));
-    let limit = Arc::new(Semaphore::new(server_cfg.max_connections));
+    let Shared {
+        builder,
+        limit,
+        grace,
+    } = shared;
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -175,8 +288,11 @@ pub async fn serve(
         });
     }
     drop(listener);
-    tracing::info!("listener closed; draining in-flight requests");
-    if tokio::time::timeout(server_cfg.shutdown_grace, graceful.shutdown())
+    tracing::info!(
+        worker = worker(),
+        "listener closed; draining in-flight requests"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {

@@ -145,16 +145,12 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     auth_sidecar::telemetry::init(&cfg.log);
-    let rt = if cfg.server.worker_threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.server.worker_threads)
-            .enable_all()
-            .build()
-    };
+    // The main thread's runtime runs the control plane (admin, reload, JWKS and other
+    // background work) and, with `worker_threads = 1`, the proxy too; more workers get a
+    // thread and a runtime each (`listen::Workers`).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {

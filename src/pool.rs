@@ -11,6 +11,10 @@
 //! of opening thousands in the same millisecond, which overflows a backend's accept
 //! queue (dropped SYNs are retried after a second, past the connect timeout: 502s).
 //! Each wait is bounded by the response timeout around the whole exchange.
+//!
+//! With several workers (`listen::Workers`) each keeps its own stack of the connections
+//! it opened: a request is sent on a connection driven by its own thread. Another
+//! worker's idle connection is taken only when no new one may be opened.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -30,7 +34,9 @@ pub struct H1Pool {
     connector: HttpsConnector<HttpConnector>,
     /// `scheme://authority/`: what the connector dials.
     target: Uri,
-    idle: Mutex<VecDeque<Idle>>,
+    /// Idle connections per worker (index: `listen::worker()`).
+    idle: Box<[Mutex<VecDeque<Idle>>]>,
+    /// Per worker.
     max_idle: usize,
     idle_timeout: Duration,
     /// One permit per open connection.
@@ -92,6 +98,8 @@ impl PoolError {
 /// dropped before (client gone, body cut), the connection is closed with it.
 pub struct Lease {
     tx: Option<SendRequest<Inbound>>,
+    /// The worker whose runtime drives the connection: where it goes back.
+    home: usize,
     pool: Arc<H1Pool>,
     pub done: bool,
 }
@@ -99,7 +107,7 @@ pub struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let (true, Some(tx)) = (self.done, self.tx.take()) {
-            self.pool.put(tx);
+            self.pool.put(self.home, tx);
         }
     }
 }
@@ -111,12 +119,14 @@ impl H1Pool {
         max_idle: usize,
         idle_timeout: Duration,
         max_connections: usize,
+        workers: usize,
     ) -> H1Pool {
+        let workers = workers.max(1);
         H1Pool {
             connector,
             target,
-            idle: Mutex::new(VecDeque::new()),
-            max_idle,
+            idle: (0..workers).map(|_| Mutex::new(VecDeque::new())).collect(),
+            max_idle: max_idle.div_ceil(workers),
             idle_timeout,
             slots: Arc::new(Semaphore::new(max_connections.max(1))),
             dialing: Arc::new(Semaphore::new(MAX_DIALING)),
@@ -132,7 +142,7 @@ impl H1Pool {
         mut req: Request<Inbound>,
     ) -> Result<(Response<Incoming>, Lease), PoolError> {
         loop {
-            let (mut tx, reused) = self.checkout().await?;
+            let (mut tx, home, reused) = self.checkout().await?;
             if let Err(e) = tx.ready().await {
                 if reused {
                     continue;
@@ -143,6 +153,7 @@ impl H1Pool {
                 Ok(resp) => {
                     let lease = Lease {
                         tx: Some(tx),
+                        home,
                         pool: self.clone(),
                         done: false,
                     };
@@ -157,28 +168,41 @@ impl H1Pool {
     }
 
     /// A pooled connection (true), or a new one when fewer than `max_connections` are
-    /// open (false); otherwise waits until one comes back or closes.
-    async fn checkout(&self) -> Result<(SendRequest<Inbound>, bool), PoolError> {
+    /// open (false); otherwise waits until one comes back or closes. With the worker
+    /// whose runtime drives it.
+    async fn checkout(&self) -> Result<(SendRequest<Inbound>, usize, bool), PoolError> {
+        let me = crate::listen::worker() % self.idle.len();
         loop {
-            if let Some(tx) = self.take() {
-                return Ok((tx, true));
-            }
-            if let Some((slot, dial)) = self.try_slot() {
-                return Ok((self.connect(slot, dial).await?, false));
+            if let Some(c) = self.find(me).await? {
+                return Ok(c);
             }
             // Register interest, then look once more: a connection that came back between
             // the first look and now is not missed.
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(tx) = self.take() {
-                return Ok((tx, true));
-            }
-            if let Some((slot, dial)) = self.try_slot() {
-                return Ok((self.connect(slot, dial).await?, false));
+            if let Some(c) = self.find(me).await? {
+                return Ok(c);
             }
             freed.await;
         }
+    }
+
+    /// This worker's warmest connection, a new one, or another worker's.
+    async fn find(
+        &self,
+        me: usize,
+    ) -> Result<Option<(SendRequest<Inbound>, usize, bool)>, PoolError> {
+        if let Some(tx) = self.take(me) {
+            return Ok(Some((tx, me, true)));
+        }
+        if let Some((slot, dial)) = self.try_slot() {
+            return Ok(Some((self.connect(slot, dial).await?, me, false)));
+        }
+        let n = self.idle.len();
+        Ok((1..n)
+            .map(|k| (me + k) % n)
+            .find_map(|w| self.take(w).map(|tx| (tx, w, true))))
     }
 
     /// Both permits, or neither. Only whole guards signal `freed` when dropped: a slot
@@ -200,8 +224,8 @@ impl H1Pool {
         ))
     }
 
-    fn take(&self) -> Option<SendRequest<Inbound>> {
-        let mut idle = self.lock();
+    fn take(&self, worker: usize) -> Option<SendRequest<Inbound>> {
+        let mut idle = self.lock(worker);
         while let Some(i) = idle.pop_back() {
             if !i.tx.is_closed() && i.since.elapsed() < self.idle_timeout {
                 return Some(i.tx);
@@ -210,12 +234,12 @@ impl H1Pool {
         None
     }
 
-    fn put(&self, tx: SendRequest<Inbound>) {
+    fn put(&self, worker: usize, tx: SendRequest<Inbound>) {
         if tx.is_closed() {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.lock();
+        let mut idle = self.lock(worker);
         // The oldest sit at the front: drop those idle too long (and any beyond the cap).
         while idle
             .front()
@@ -252,8 +276,8 @@ impl H1Pool {
         Ok(tx)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        match self.idle.lock() {
+    fn lock(&self, worker: usize) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        match self.idle[worker].lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }

@@ -709,14 +709,24 @@ fn request_id(parts: &Parts, name: &http::HeaderName) -> HeaderValue {
         }
     }
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // A counter per thread (its number in the top bits): no cache line shared between
+    // workers on every request.
+    static THREADS: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static COUNTER: std::cell::Cell<u64> =
+            std::cell::Cell::new(THREADS.fetch_add(1, Ordering::Relaxed) << 48);
+    }
     let seed = *SEED.get_or_init(|| {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(std::process::id() as u64);
         h.finish()
     });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let n = COUNTER.with(|c| {
+        let n = c.get();
+        c.set(n.wrapping_add(1));
+        n
+    });
     let mut buf = [0u8; 32];
     let s = hex32(seed, n, &mut buf);
     HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("0"))

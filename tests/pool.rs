@@ -146,11 +146,19 @@ async fn get_ok(sc: &Sidecar, path: &str, t: &str) {
 }
 
 /// GET in a task of its own, for concurrent requests; its status (0 when it failed).
+/// The body is read to the end, as a client does: one that leaves before it has been
+/// sent costs its backend connection (the pool cannot reuse a half-read response).
 fn spawn_get(sc: &Sidecar, path: &str, t: &str) -> tokio::task::JoinHandle<u16> {
     let (url, t) = (sc.url(path), t.to_string());
     tokio::spawn(async move {
-        let r = client().get(url).bearer_auth(t).send().await;
-        r.map(|r| r.status().as_u16()).unwrap_or(0)
+        let Ok(r) = client().get(url).bearer_auth(t).send().await else {
+            return 0;
+        };
+        let status = r.status().as_u16();
+        match r.bytes().await {
+            Ok(_) => status,
+            Err(_) => 0,
+        }
     })
 }
 
@@ -158,7 +166,12 @@ fn spawn_get(sc: &Sidecar, path: &str, t: &str) -> tokio::task::JoinHandle<u16> 
 async fn sequential_requests_reuse_one_backend_connection() {
     bounded(async {
         let b = CountingBackend::start(Mode::KeepAlive).await;
-        let Rig { sc, .. } = Rig::builder().backend(&b).start().await;
+        // One worker: every client connection is served by the same pool shard.
+        let Rig { sc, .. } = Rig::builder()
+            .backend(&b)
+            .cfg(|c| c.server("worker_threads", "1"))
+            .start()
+            .await;
         let t = token();
         for _ in 0..50 {
             get_ok(&sc, "/x", &t).await;
@@ -169,6 +182,65 @@ async fn sequential_requests_reuse_one_backend_connection() {
             1,
             "50 requests one after another need one connection"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn each_worker_keeps_its_own_backend_connections() {
+    bounded(async {
+        let b = CountingBackend::start(Mode::KeepAlive).await;
+        let Rig { sc, .. } = Rig::builder()
+            .backend(&b)
+            .cfg(|c| c.server("worker_threads", "3"))
+            .start()
+            .await;
+        // Each worker is a thread of its own.
+        let pid = sc.pid().expect("pid");
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("/proc tasks")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .filter(|n| n.starts_with("worker-"))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["worker-0", "worker-1", "worker-2"]);
+        let t = token();
+        // A new client connection per request lands on any worker; each worker opens
+        // at most one backend connection for requests that come one after another.
+        for _ in 0..30 {
+            get_ok(&sc, "/fresh", &t).await;
+        }
+        let fresh = b.accepted();
+        assert!(
+            (1..=3).contains(&fresh),
+            "{fresh} backend connections for sequential requests on 3 workers"
+        );
+        // One keep-alive client connection stays on one worker: no new backend connection.
+        let keep = client();
+        for _ in 0..30 {
+            let r = keep
+                .get(sc.url("/kept"))
+                .bearer_auth(&t)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(r.status().as_u16(), 200);
+            r.bytes().await.expect("body");
+        }
+        assert!(
+            b.accepted() <= fresh + 1,
+            "{} backend connections after 30 requests on one client connection (before: {fresh})",
+            b.accepted()
+        );
+        // Concurrent load over many client connections: all served, within max_connections.
+        let burst: Vec<_> = (0..90)
+            .map(|i| spawn_get(&sc, &format!("/burst{i}"), &t))
+            .collect();
+        for h in burst {
+            assert_eq!(h.await.expect("task"), 200);
+        }
+        assert_eq!(b.requests(), 150);
     })
     .await;
 }
@@ -250,7 +322,10 @@ async fn connections_idle_past_the_timeout_are_not_reused() {
         let b = CountingBackend::start(Mode::KeepAlive).await;
         let Rig { sc, .. } = Rig::builder()
             .backend(&b)
-            .cfg(|c| c.backend("pool_idle_timeout", &q("300ms")))
+            .cfg(|c| {
+                c.backend("pool_idle_timeout", &q("300ms"))
+                    .server("worker_threads", "1")
+            })
             .start()
             .await;
         let t = token();
