@@ -305,7 +305,6 @@ impl Server {
             tracing::info!(addr = %l.local_addr()?, "admin listening");
             tokio::spawn(admin::serve(l, state.clone(), health.clone(), prom));
         }
-        tracing::info!(addr = %addr, tls = tls.is_some(), backend = %cfg.backend.uri, "listening");
         let mut workers = listen::Workers::start(
             listener,
             cfg.server.worker_threads,
@@ -313,6 +312,7 @@ impl Server {
             tls.clone(),
             stop_rx.clone(),
         )?;
+        tracing::info!(addr = %addr, tls = tls.is_some(), backend = %cfg.backend.uri, "listening");
 
         signal_loop(config_path, state, tls, m, revs).await;
         health.draining.store(true, Ordering::Relaxed);

@@ -121,17 +121,6 @@ fn builder(s: &Server) -> auto::Builder<TokioExecutor> {
     b
 }
 
-thread_local! {
-    /// The worker serving on this thread (0 on the main thread): the backend pool keeps
-    /// each worker's connections apart.
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// The worker this code runs on, 0 … `server.worker_threads - 1`.
-pub fn worker() -> usize {
-    WORKER.with(|w| w.get())
-}
-
 /// The proxy's workers, serving until `shutdown` turns true.
 ///
 /// With one worker the calling runtime serves. With more, each worker is a thread with
@@ -196,7 +185,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || {
-                    WORKER.with(|w| w.set(i));
+                    crate::pool::set_worker(i);
                     rt.block_on(async move {
                         match TcpListener::from_std(l) {
                             Ok(l) => serve(l, state, tls, shutdown, shared).await,
@@ -289,7 +278,7 @@ async fn serve(
     }
     drop(listener);
     tracing::info!(
-        worker = worker(),
+        worker = crate::pool::worker(),
         "listener closed; draining in-flight requests"
     );
     if tokio::time::timeout(grace, graceful.shutdown())

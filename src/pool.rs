@@ -30,11 +30,26 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
+thread_local! {
+    /// The worker serving on this thread (0 on the main thread).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as worker `i` (`listen::Workers`): its pool shard.
+pub fn set_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
+/// The worker this code runs on, 0 … `server.worker_threads - 1`.
+pub fn worker() -> usize {
+    WORKER.with(|w| w.get())
+}
+
 pub struct H1Pool {
     connector: HttpsConnector<HttpConnector>,
     /// `scheme://authority/`: what the connector dials.
     target: Uri,
-    /// Idle connections per worker (index: `listen::worker()`).
+    /// Idle connections per worker (index: `worker()`).
     idle: Box<[Mutex<VecDeque<Idle>>]>,
     /// Per worker.
     max_idle: usize,
@@ -171,7 +186,7 @@ impl H1Pool {
     /// open (false); otherwise waits until one comes back or closes. With the worker
     /// whose runtime drives it.
     async fn checkout(&self) -> Result<(SendRequest<Inbound>, usize, bool), PoolError> {
-        let me = crate::listen::worker() % self.idle.len();
+        let me = worker() % self.idle.len();
         loop {
             if let Some(c) = self.find(me).await? {
                 return Ok(c);

@@ -197,13 +197,25 @@ async fn each_worker_keeps_its_own_backend_connections() {
             .await;
         // Each worker is a thread of its own.
         let pid = sc.pid().expect("pid");
-        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .expect("/proc tasks")
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|n| n.trim().to_string())
-            .filter(|n| n.starts_with("worker-"))
-            .collect();
-        names.sort();
+        let workers = || {
+            let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .expect("/proc tasks")
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .filter(|n| n.starts_with("worker-"))
+                .collect();
+            names.sort();
+            names
+        };
+        // A thread takes its name as it starts: give them a moment.
+        let mut names = workers();
+        for _ in 0..40 {
+            if names.len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            names = workers();
+        }
         assert_eq!(names, ["worker-0", "worker-1", "worker-2"]);
         let t = token();
         // A new client connection per request lands on any worker; each worker opens

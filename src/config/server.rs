@@ -19,7 +19,9 @@ pub struct Server {
     #[serde(with = "types::listen_addr")]
     #[schemars(with = "String")]
     pub listen: SocketAddr,
-    /// Tokio worker threads, 1 … 256 (`1` = a single-threaded runtime).
+    /// Worker threads, 1 … 256. Each runs its own single-threaded runtime and accepts
+    /// from the shared listening socket, with its own backend connections; `1` = the main
+    /// thread serves everything.
     pub worker_threads: usize,
     /// Request id header: kept when the client's value is sane (≤128 of
     /// `[A-Za-z0-9._:-]`), generated otherwise; returned on the response.
