@@ -187,6 +187,7 @@ impl Workers {
                 .spawn(move || {
                     crate::pool::set_worker(i);
                     rt.block_on(async move {
+                        tokio::spawn(keep_timer_awake());
                         match TcpListener::from_std(l) {
                             Ok(l) => serve(l, state, tls, shutdown, shared).await,
                             Err(e) => {
@@ -209,6 +210,20 @@ impl Workers {
         for d in &mut self.drained {
             let _ = d.await;
         }
+    }
+}
+
+/// A timer that fires every second on a worker's runtime. tokio's time driver writes to
+/// its eventfd whenever a new timer is due before its next wake-up; with no other timer
+/// pending that is every per-request timer armed after an idle moment (measured: 0.3
+/// `write`s and 0.4 extra `epoll_wait`s per request). A wake-up always due within a second
+/// makes those timers (seconds long) never the earliest. The main thread's runtime has
+/// such timers already (reload checks, cache sweeps).
+async fn keep_timer_awake() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 

@@ -632,9 +632,12 @@ async fn claims_of_the_wrong_type_are_refused() {
             );
         }
         // A number too large for any integer type (serde refuses it, or it is not a date).
-        let text = serde_json::to_string(&good_claims())
+        // The exp of these very claims (a second may have ticked since `far`).
+        let base = good_claims();
+        let text = serde_json::to_string(&base)
             .unwrap()
-            .replace(&format!("\"exp\":{far}"), "\"exp\":1e400");
+            .replace(&format!("\"exp\":{}", base["exp"]), "\"exp\":1e400");
+        assert!(text.contains("1e400"), "the exp was not replaced: {text}");
         let t = sign_raw(r#"{"alg":"HS256"}"#, &text, Algorithm::HS256, &hs_key());
         x.refused(
             "exp = 1e400",
