@@ -186,6 +186,7 @@ impl H1Pool {
     /// open (false); otherwise waits until one comes back or closes. With the worker
     /// whose runtime drives it.
     async fn checkout(&self) -> Result<(SendRequest<Inbound>, usize, bool), PoolError> {
+        // A reload may name another worker count; workers change only on restart.
         let me = worker() % self.idle.len();
         loop {
             if let Some(c) = self.find(me).await? {

@@ -1573,6 +1573,40 @@ async fn a_request_id_is_generated_when_missing_or_insane() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_request_ids_are_unique_across_workers() {
+    bounded(async {
+        // Each worker thread counts its own ids: they must never meet.
+        let Rig {
+            backend: _backend,
+            sc,
+            ..
+        } = Rig::start_with(|c| c.server("worker_threads", "4")).await;
+        let t = valid();
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..10 {
+            // A new client connection per request: they spread over the workers.
+            let batch: Vec<_> = (0..20)
+                .map(|_| {
+                    let rb = client().get(sc.url("/echo")).bearer_auth(&t);
+                    tokio::spawn(send(rb))
+                })
+                .collect();
+            for h in batch {
+                let r = h.await.expect("task");
+                assert_eq!(r.status, 200);
+                let id = r.header("x-request-id").expect("x-request-id").to_string();
+                assert!(
+                    ids.insert(id.clone()),
+                    "request id {id} was handed out twice"
+                );
+            }
+        }
+        assert_eq!(ids.len(), 200);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_request_also_gets_a_request_id() {
     bounded(async {
         let Rig {

@@ -163,16 +163,15 @@ where
                         Ok(b) if !b.is_empty() => b,
                         _ => break Ended::Closed,
                     };
-                    let n = buf.len();
                     match stopping {
                         None => {
-                            frames.feed(&buf[..n]);
-                            if cw.write_all(&buf[..n]).await.is_err() {
+                            frames.feed(&buf);
+                            if cw.write_all(&buf).await.is_err() {
                                 break Ended::Closed;
                             }
                         }
                         Some(why) => {
-                            let k = frames.step(&buf[..n]);
+                            let k = frames.step(&buf);
                             if cw.write_all(&buf[..k]).await.is_err() {
                                 break Ended::Closed;
                             }
