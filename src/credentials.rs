@@ -253,18 +253,37 @@ pub fn extract<'a>(
 /// `Bearer <token68>`, scheme case-insensitive (RFC 6750 §2.1, RFC 9110 §11.1);
 /// `None` for another scheme.
 fn bearer(v: &HeaderValue) -> Result<Option<&str>, ProxyError> {
-    let s = v
-        .to_str()
-        .map_err(|_| ProxyError::InvalidRequest("the Authorization header is malformed"))?;
-    let (scheme, rest) = s.split_once(' ').unwrap_or((s, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    const MALFORMED: ProxyError =
+        ProxyError::InvalidRequest("the Authorization header is malformed");
+    // Bytes first: a valid token is token68, a subset of what `to_str` accepts, so the
+    // value is scanned once; `to_str` runs only to tell a malformed header from a
+    // malformed token.
+    let b = v.as_bytes();
+    let (scheme, rest) = match b.iter().position(|&c| c == b' ') {
+        Some(i) => (&b[..i], &b[i + 1..]),
+        None => (b, &b[b.len()..]),
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        v.to_str().map_err(|_| MALFORMED)?;
         return Ok(None);
     }
-    let token = rest.trim_matches(' ');
+    // Only spaces are trimmed: a tab or CR around a token makes it a malformed token.
+    let start = rest.iter().position(|&c| c != b' ').unwrap_or(rest.len());
+    let end = rest
+        .iter()
+        .rposition(|&c| c != b' ')
+        .map_or(start, |i| i + 1);
+    let token = &rest[start..end.max(start)];
     if token.is_empty() {
         return Err(ProxyError::InvalidToken("the bearer token is empty"));
     }
-    check_token_chars(token).map(Some)
+    let checked = std::str::from_utf8(token)
+        .map_err(|_| MALFORMED)
+        .and_then(check_token_chars);
+    // A bad token in a header that is not even visible ASCII: the header is malformed.
+    checked
+        .map(Some)
+        .map_err(|e| if v.to_str().is_err() { MALFORMED } else { e })
 }
 
 /// token68 characters only (RFC 9110 §11.2): anything else is not a token we issued.

@@ -205,7 +205,10 @@ impl Forwarder {
         let (mut resp, lease) = sent?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_side) = client_upgrade else {
-                tracing::warn!("backend switched protocols without being asked");
+                crate::telemetry::request_event!(
+                    WARN,
+                    "backend switched protocols without being asked"
+                );
                 return Err(ProxyError::BackendUnavailable);
             };
             let backend_side = hyper::upgrade::on(&mut resp);
@@ -255,10 +258,13 @@ impl Forwarder {
 /// A failed backend request: the client's own body stalled (408), or the backend (502).
 fn failed(e: &(dyn std::error::Error + 'static), connect: bool) -> ProxyError {
     if crate::inbound::is_idle_body(e) {
-        tracing::debug!("request body stalled; the backend request was abandoned");
+        crate::telemetry::request_event!(
+            DEBUG,
+            "request body stalled; the backend request was abandoned"
+        );
         return ProxyError::RequestTimeout;
     }
-    tracing::warn!(error = %e, connect, "backend request failed");
+    crate::telemetry::request_event!(WARN, error = %e, connect, "backend request failed");
     ProxyError::BackendUnavailable
 }
 
@@ -278,9 +284,21 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     if present == 0 && !underscore {
         return;
     }
-    if present & 1 != 0 {
-        // HOP_BY_HOP[0] is `Connection`: the headers it names go too (those that are
-        // hop-by-hop anyway are removed below, without parsing them into a list).
+    // HOP_BY_HOP[0] is `Connection`: the headers it names go too (those that are
+    // hop-by-hop anyway are removed below). Most name only such headers (a backend's
+    // `Connection: keep-alive`): then nothing is parsed or collected.
+    let is_hop = |t: &str| {
+        HOP_BY_HOP
+            .iter()
+            .any(|hb| t.eq_ignore_ascii_case(hb.as_str()))
+    };
+    let names_others = || {
+        h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map_or(true, |v| v.split(',').any(|t| !is_hop(t.trim())))
+        })
+    };
+    if present & 1 != 0 && names_others() {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
@@ -347,7 +365,7 @@ fn spawn_tunnel(
         let (c, b) = match tokio::try_join!(client, backend) {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::debug!(error = %e, "upgrade did not complete");
+                crate::telemetry::request_event!(DEBUG, error = %e, "upgrade did not complete");
                 return;
             }
         };
@@ -366,7 +384,10 @@ fn spawn_tunnel(
                     .duration_since(std::time::SystemTime::now())
                     .unwrap_or(Duration::ZERO);
                 if tokio::time::timeout(left, copy).await.is_err() {
-                    tracing::info!("closing upgraded connection: its token has expired");
+                    crate::telemetry::request_event!(
+                        INFO,
+                        "closing upgraded connection: its token has expired"
+                    );
                 }
             }
             None => {

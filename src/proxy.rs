@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use http::{header, request::Parts, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
-use tracing::Instrument;
 
 use crate::body::ProxyBody;
 use crate::config::{Config, CorsMode, ForwardAuth, Route, RouteMode};
@@ -145,10 +144,7 @@ pub async fn handle(
         let cx = o.start_request(&parts.method, &parts.headers, conn.remote.ip(), conn.tls);
         (cx, parts.uri.path().to_owned())
     });
-    // Every line logged while handling the request carries its id (the span is at
-    // error level so it exists whenever any logging is on).
-    // Recorded with Display: the ids are plain tokens, and str's Debug escapes char by char.
-    let span = tracing::error_span!("request", request_id = %ctx.request_id.to_str().unwrap_or(""));
+    let id = ctx.request_id.clone();
     let result = async {
         if let Some(fa) = &state.cfg.forward_auth {
             if is_decision_path(fa, parts.uri.path()) {
@@ -174,8 +170,9 @@ pub async fn handle(
         decide(&state, &mut ctx, &mut parts).await?;
         let query = prepare(&state, &ctx, &mut parts);
         Ok(forward(&state, &mut ctx, parts, body, &conn, query.as_deref()).await)
-    }
-    .instrument(span);
+    };
+    // Every line logged while handling the request carries its id.
+    let result = crate::telemetry::WithRequestId::new(id, result);
     let result = match &otel {
         Some((cx, _)) => {
             use opentelemetry::context::FutureExt as _;
@@ -655,7 +652,12 @@ fn refuse(ctx: &mut Ctx<'_>, e: ProxyError) -> Response<ProxyBody> {
     } else {
         Decision::Rejected
     };
-    tracing::debug!(code = e.code(), reason = %e, "request refused");
+    tracing::debug!(
+        request_id = ctx.request_id.to_str().unwrap_or(""),
+        code = e.code(),
+        reason = %e,
+        "request refused"
+    );
     ctx.error = Some(e.code());
     // A refused request is logged without a user, even when its token verified.
     ctx.who = None;

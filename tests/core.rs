@@ -1874,6 +1874,77 @@ async fn a_slow_backend_gives_504_backend_timeout() {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warning_logged_for_a_request_carries_that_requests_id() {
+    bounded(async {
+        // One worker: the requests are polled in turn on one thread, so each line must
+        // find its own request's id, not the one polled last.
+        let dead = refusing_addr();
+        let Rig { sc, .. } = Rig::builder()
+            .backend(format!("http://{dead}"))
+            .cfg(|c| c.server("worker_threads", "1"))
+            .start()
+            .await;
+        let ids: Vec<String> = (0..6).map(|i| format!("req-warn-{i}")).collect();
+        let tasks: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let rb = client()
+                    .get(sc.url("/echo"))
+                    .bearer_auth(valid())
+                    .header("x-request-id", id.as_str());
+                tokio::spawn(send(rb))
+            })
+            .collect();
+        for t in tasks {
+            t.await
+                .expect("task")
+                .assert_error(502, "backend_unavailable");
+        }
+        // The lines are written before the responses; the reader thread may lag.
+        let warnings_now = || -> Vec<serde_json::Value> {
+            sc.stdout_lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| {
+                    v["level"] == "WARN"
+                        && v["fields"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("backend request failed"))
+                })
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut warnings = warnings_now();
+        while warnings.len() < ids.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            warnings = warnings_now();
+        }
+        let mut seen: Vec<String> = warnings
+            .iter()
+            .map(|v| common::sidecar::log_field(v, "request_id").unwrap_or_default())
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen, ids,
+            "one warning per request, each with its id: {warnings:#?}"
+        );
+        // Lines logged outside a request have no request id at all.
+        let listening = sc
+            .stdout_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["fields"]["message"] == "listening")
+            .expect("a listening line");
+        assert_eq!(
+            common::sidecar::log_field(&listening, "request_id"),
+            None,
+            "{listening}"
+        );
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------
 // WebSockets
 // ---------------------------------------------------------------------------

@@ -102,7 +102,8 @@ impl Budget {
         let mut g = lock(&self.paused_until);
         if g.is_none_or(|t| t < until) {
             *g = Some(until);
-            tracing::warn!(
+            crate::telemetry::request_event!(
+                WARN,
                 call = self.call,
                 seconds = d.as_secs(),
                 "token service asked to slow down (429): no calls until then"

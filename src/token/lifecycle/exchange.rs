@@ -44,7 +44,7 @@ impl Lifecycle {
         let answer = match self.http.call(x.call).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "token service call failed");
+                crate::telemetry::request_event!(WARN, error = %e, "token service call failed");
                 return Err(self.unavailable());
             }
         };
@@ -54,7 +54,8 @@ impl Lifecycle {
             400 | 401 | 403 | 422 => {
                 if x.kind == "initiate" && matches!(answer.status, 401 | 403) {
                     // Initiate carries no user credential: a 401/403 usually means the API key.
-                    tracing::warn!(
+                    crate::telemetry::request_event!(
+                        WARN,
                         status = answer.status,
                         "the token service refused initiate; check initiate.api_key"
                     );
@@ -72,12 +73,16 @@ impl Lifecycle {
             }
             200..=299 => {}
             status => {
-                tracing::warn!(status, "token service answered with an error status");
+                crate::telemetry::request_event!(
+                    WARN,
+                    status,
+                    "token service answered with an error status"
+                );
                 return Err(self.unavailable());
             }
         }
         let Some(json) = json else {
-            tracing::warn!("token service answer is not JSON");
+            crate::telemetry::request_event!(WARN, "token service answer is not JSON");
             return Err(self.unavailable());
         };
         // Some services answer 200 with an OAuth-style error object.
@@ -94,7 +99,8 @@ impl Lifecycle {
             .and_then(|v| v.as_str())
             .filter(|s| !s.is_empty())
         else {
-            tracing::warn!(
+            crate::telemetry::request_event!(
+                WARN,
                 pointer = x.access_ptr,
                 "token service answer has no access token"
             );
