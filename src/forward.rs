@@ -180,7 +180,7 @@ impl Forwarder {
                 // HTTP/1.1 to an origin server: origin-form target (RFC 9112 §3.2.1).
                 *req.uri_mut() = Uri::from(pq);
                 *req.version_mut() = Version::HTTP_11;
-                match tokio::time::timeout(limit, pool.send(req)).await {
+                match crate::coarse::timeout(limit, pool.send(req)).await {
                     Err(_) => Err(ProxyError::BackendTimeout),
                     Ok(Err(e)) => Err(failed(&e, e.is_connect())),
                     Ok(Ok((resp, lease))) => Ok((resp, Some(lease))),
@@ -194,7 +194,7 @@ impl Forwarder {
                 } else {
                     Version::HTTP_2
                 };
-                match tokio::time::timeout(limit, client.request(req)).await {
+                match crate::coarse::timeout(limit, client.request(req)).await {
                     Err(_) => Err(ProxyError::BackendTimeout),
                     Ok(Err(e)) => Err(failed(&e, e.is_connect())),
                     Ok(Ok(resp)) => Ok((resp, None)),
@@ -205,7 +205,7 @@ impl Forwarder {
         let (mut resp, lease) = sent?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_side) = client_upgrade else {
-                crate::telemetry::request_event!(
+                crate::request_log::request_event!(
                     WARN,
                     "backend switched protocols without being asked"
                 );
@@ -258,13 +258,13 @@ impl Forwarder {
 /// A failed backend request: the client's own body stalled (408), or the backend (502).
 fn failed(e: &(dyn std::error::Error + 'static), connect: bool) -> ProxyError {
     if crate::inbound::is_idle_body(e) {
-        crate::telemetry::request_event!(
+        crate::request_log::request_event!(
             DEBUG,
             "request body stalled; the backend request was abandoned"
         );
         return ProxyError::RequestTimeout;
     }
-    crate::telemetry::request_event!(WARN, error = %e, connect, "backend request failed");
+    crate::request_log::request_event!(WARN, error = %e, connect, "backend request failed");
     ProxyError::BackendUnavailable
 }
 
@@ -365,7 +365,7 @@ fn spawn_tunnel(
         let (c, b) = match tokio::try_join!(client, backend) {
             Ok(pair) => pair,
             Err(e) => {
-                crate::telemetry::request_event!(DEBUG, error = %e, "upgrade did not complete");
+                crate::request_log::request_event!(DEBUG, error = %e, "upgrade did not complete");
                 return;
             }
         };
@@ -384,7 +384,7 @@ fn spawn_tunnel(
                     .duration_since(std::time::SystemTime::now())
                     .unwrap_or(Duration::ZERO);
                 if tokio::time::timeout(left, copy).await.is_err() {
-                    crate::telemetry::request_event!(
+                    crate::request_log::request_event!(
                         INFO,
                         "closing upgraded connection: its token has expired"
                     );

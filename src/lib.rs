@@ -16,6 +16,7 @@
 pub(crate) mod admin;
 pub(crate) mod assertion;
 pub(crate) mod body;
+pub(crate) mod coarse;
 pub mod config;
 pub(crate) mod cors;
 pub mod credentials;
@@ -31,6 +32,7 @@ pub(crate) mod outbound;
 pub mod path;
 pub(crate) mod pool;
 pub(crate) mod proxy;
+pub(crate) mod request_log;
 pub(crate) mod revoke;
 pub(crate) mod store;
 pub mod telemetry;

@@ -172,7 +172,7 @@ pub async fn handle(
         Ok(forward(&state, &mut ctx, parts, body, &conn, query.as_deref()).await)
     };
     // Every line logged while handling the request carries its id.
-    let result = crate::telemetry::WithRequestId::new(id, result);
+    let result = crate::request_log::WithRequestId::new(id, result);
     let result = match &otel {
         Some((cx, _)) => {
             use opentelemetry::context::FutureExt as _;

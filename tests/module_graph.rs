@@ -95,6 +95,11 @@ fn config_and_path_are_leaves_and_the_token_layer_knows_no_http_server() {
     assert!(g["path"].is_empty(), "path uses {:?}", g["path"]);
     let config: Vec<_> = g["config"].iter().filter(|m| *m != "path").collect();
     assert!(config.is_empty(), "config uses {config:?}");
-    let token: Vec<_> = g["token"].iter().filter(|m| *m != "config").collect();
+    // Leaves (modules that use no other) are fine anywhere: `request_log` puts the
+    // request id on the token layer's warnings.
+    let token: Vec<_> = g["token"]
+        .iter()
+        .filter(|m| *m != "config" && !g.get(*m).is_some_and(|d| d.is_empty()))
+        .collect();
     assert!(token.is_empty(), "token uses {token:?}");
 }

@@ -328,7 +328,7 @@ impl Revocations {
             e.nbf_until = e.nbf_until.max(got.nbf_until);
             e.ban = got.ban;
             if old.is_none() && self.room(true).is_err() {
-                crate::telemetry::request_event!(
+                crate::request_log::request_event!(
                     WARN,
                     "revocation from the shared store dropped: revocation.max_entries reached"
                 );

@@ -140,7 +140,7 @@ impl Store {
         *g = Some(Instant::now() + self.backoff);
         if was_up {
             metrics::gauge!("auth_sidecar_store_up").set(0.0);
-            crate::telemetry::request_event!(WARN, error = %e, backoff_ms = self.backoff.as_millis() as u64,
+            crate::request_log::request_event!(WARN, error = %e, backoff_ms = self.backoff.as_millis() as u64,
                 "shared store unavailable: each replica coordinates its own calls until it is back");
         }
     }
@@ -149,7 +149,7 @@ impl Store {
         let mut g = lock(&self.down_until);
         if g.take().is_some() {
             metrics::gauge!("auth_sidecar_store_up").set(1.0);
-            crate::telemetry::request_event!(
+            crate::request_log::request_event!(
                 INFO,
                 "shared store reachable again: calls are coordinated across replicas"
             );
@@ -208,7 +208,7 @@ impl Store {
                 match this.op::<i64>(this.conn.invoke(&inv)).await {
                     Ok(1) => {}
                     Ok(_) => {
-                        crate::telemetry::request_event!(
+                        crate::request_log::request_event!(
                             WARN,
                             "shared store: the lease of a call in flight was lost"
                         );
@@ -245,7 +245,7 @@ impl Store {
                 {
                     Some(v) => (&keys[0], v, ms(f.grace)),
                     None => {
-                        crate::telemetry::request_event!(
+                        crate::request_log::request_event!(
                             WARN,
                             "shared store: a new pair is too large to share"
                         );
@@ -304,7 +304,7 @@ impl Store {
                         return Coordinated::Shared(pair);
                     }
                     None => {
-                        crate::telemetry::request_event!(
+                        crate::request_log::request_event!(
                             WARN,
                             "shared store: a stored pair did not open; refusing it"
                         );

@@ -102,7 +102,7 @@ impl JwksRemote {
             .add_jwks(text, &self.algorithms)
             .map_err(|e| e.to_string())?;
         for s in skipped {
-            crate::telemetry::request_event!(DEBUG, "jwks: skipped {s}");
+            crate::request_log::request_event!(DEBUG, "jwks: skipped {s}");
         }
         if remote.is_empty() {
             return Err("the document has no usable key".into());
@@ -121,7 +121,7 @@ impl JwksRemote {
         }
         if changed {
             verifier.set_keys(set);
-            crate::telemetry::request_event!(INFO, url = %self.cfg.url, "jwks: key set installed");
+            crate::request_log::request_event!(INFO, url = %self.cfg.url, "jwks: key set installed");
         }
         self.loaded.store(true, Ordering::Relaxed);
         let ttl = answer.max_age.unwrap_or(self.cfg.max_refresh);
@@ -164,7 +164,7 @@ impl JwksRemote {
         match self.refresh(verifier).await {
             Ok(_) => true,
             Err(e) => {
-                crate::telemetry::request_event!(WARN, error = %e, "jwks: refetch for an unknown kid failed; keeping the last good keys");
+                crate::request_log::request_event!(WARN, error = %e, "jwks: refetch for an unknown kid failed; keeping the last good keys");
                 false
             }
         }
@@ -184,7 +184,7 @@ impl JwksRemote {
                     }
                     Err(e) => {
                         failures += 1;
-                        crate::telemetry::request_event!(WARN, error = %e, url = %this.cfg.url, "jwks: fetch failed; keeping the last good keys");
+                        crate::request_log::request_event!(WARN, error = %e, url = %this.cfg.url, "jwks: fetch failed; keeping the last good keys");
                         // Retry sooner while nothing is loaded, with a gentle backoff.
                         Duration::from_secs(1u64 << failures.min(5))
                             .min(this.cfg.min_refresh.max(Duration::from_secs(1)))
@@ -431,7 +431,7 @@ impl Introspector {
             // The vendor's "Required session does not exist".
             Ok(a) if session && matches!(a.status, 401 | 403 | 404) => Ok(None),
             Ok(a) => {
-                crate::telemetry::request_event!(
+                crate::request_log::request_event!(
                     WARN,
                     status = a.status,
                     "session check answered with an error status"
@@ -439,7 +439,7 @@ impl Introspector {
                 Err(Unavailable)
             }
             Err(e) => {
-                crate::telemetry::request_event!(WARN, error = %e, "session check call failed");
+                crate::request_log::request_event!(WARN, error = %e, "session check call failed");
                 Err(Unavailable)
             }
         };

@@ -102,7 +102,7 @@ impl Budget {
         let mut g = lock(&self.paused_until);
         if g.is_none_or(|t| t < until) {
             *g = Some(until);
-            crate::telemetry::request_event!(
+            crate::request_log::request_event!(
                 WARN,
                 call = self.call,
                 seconds = d.as_secs(),

@@ -44,7 +44,7 @@ impl Lifecycle {
         let answer = match self.http.call(x.call).await {
             Ok(a) => a,
             Err(e) => {
-                crate::telemetry::request_event!(WARN, error = %e, "token service call failed");
+                crate::request_log::request_event!(WARN, error = %e, "token service call failed");
                 return Err(self.unavailable());
             }
         };
@@ -54,7 +54,7 @@ impl Lifecycle {
             400 | 401 | 403 | 422 => {
                 if x.kind == "initiate" && matches!(answer.status, 401 | 403) {
                     // Initiate carries no user credential: a 401/403 usually means the API key.
-                    crate::telemetry::request_event!(
+                    crate::request_log::request_event!(
                         WARN,
                         status = answer.status,
                         "the token service refused initiate; check initiate.api_key"
@@ -73,7 +73,7 @@ impl Lifecycle {
             }
             200..=299 => {}
             status => {
-                crate::telemetry::request_event!(
+                crate::request_log::request_event!(
                     WARN,
                     status,
                     "token service answered with an error status"
@@ -82,7 +82,7 @@ impl Lifecycle {
             }
         }
         let Some(json) = json else {
-            crate::telemetry::request_event!(WARN, "token service answer is not JSON");
+            crate::request_log::request_event!(WARN, "token service answer is not JSON");
             return Err(self.unavailable());
         };
         // Some services answer 200 with an OAuth-style error object.
@@ -99,7 +99,7 @@ impl Lifecycle {
             .and_then(|v| v.as_str())
             .filter(|s| !s.is_empty())
         else {
-            crate::telemetry::request_event!(
+            crate::request_log::request_event!(
                 WARN,
                 pointer = x.access_ptr,
                 "token service answer has no access token"
