@@ -180,7 +180,7 @@ impl Forwarder {
                 // HTTP/1.1 to an origin server: origin-form target (RFC 9112 §3.2.1).
                 *req.uri_mut() = Uri::from(pq);
                 *req.version_mut() = Version::HTTP_11;
-                match crate::coarse::timeout(limit, pool.send(req)).await {
+                match tokio::time::timeout(limit, pool.send(req)).await {
                     Err(_) => Err(ProxyError::BackendTimeout),
                     Ok(Err(e)) => Err(failed(&e, e.is_connect())),
                     Ok(Ok((resp, lease))) => Ok((resp, Some(lease))),
@@ -194,7 +194,7 @@ impl Forwarder {
                 } else {
                     Version::HTTP_2
                 };
-                match crate::coarse::timeout(limit, client.request(req)).await {
+                match tokio::time::timeout(limit, client.request(req)).await {
                     Err(_) => Err(ProxyError::BackendTimeout),
                     Ok(Err(e)) => Err(failed(&e, e.is_connect())),
                     Ok(Ok(resp)) => Ok((resp, None)),

@@ -16,7 +16,6 @@
 pub(crate) mod admin;
 pub(crate) mod assertion;
 pub(crate) mod body;
-pub(crate) mod coarse;
 pub mod config;
 pub(crate) mod cors;
 pub mod credentials;

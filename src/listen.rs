@@ -100,7 +100,7 @@ fn builder(s: &Server) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     {
         let mut h1 = b.http1();
-        h1.timer(crate::coarse::Timer)
+        h1.timer(TokioTimer::new())
             .header_read_timeout(s.header_read_timeout)
             .max_buf_size(s.max_header_bytes.max(8192))
             .writev(false)
@@ -157,7 +157,6 @@ impl Workers {
         if workers <= 1 {
             let (done, rx) = tokio::sync::oneshot::channel();
             drained.push(rx);
-            tokio::spawn(crate::coarse::start());
             tokio::spawn(async move {
                 serve(listener, state, tls, shutdown, shared).await;
                 let _ = done.send(());
@@ -188,7 +187,7 @@ impl Workers {
                 .spawn(move || {
                     crate::pool::set_worker(i);
                     rt.block_on(async move {
-                        tokio::spawn(crate::coarse::start());
+                        tokio::spawn(keep_timer_awake());
                         match TcpListener::from_std(l) {
                             Ok(l) => serve(l, state, tls, shutdown, shared).await,
                             Err(e) => {
@@ -211,6 +210,20 @@ impl Workers {
         for d in &mut self.drained {
             let _ = d.await;
         }
+    }
+}
+
+/// A timer that fires every second on a worker's runtime. tokio's time driver writes to
+/// its eventfd whenever a new timer is due before its next wake-up; with no other timer
+/// pending that is every per-request timer armed after an idle moment (measured at 2
+/// workers: 0.24 `write`s and 0.7 context switches per request, 0.08 with this). A
+/// wake-up always due within a second makes those timers (seconds long) never the
+/// earliest. The main thread's runtime has such timers already (reload checks, sweeps).
+async fn keep_timer_awake() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 
