@@ -76,7 +76,10 @@ if [[ -z ${TARGETS:-} && -n $CAND_BIN ]]; then
     [[ $n == sidecar2-* ]] && echo "cand2-${n#sidecar2-}"
   done)
 fi
+# One line, spaces only: the membership tests below match " name" (with the list built
+# above one name per line, the Envoy rows were silently left out).
 TARGETS=${TARGETS:-$DEFAULT_TARGETS}
+TARGETS=$(echo $TARGETS)
 BARE_BIN=${BARE_BIN:-$ROOT/target/release/examples/bare_proxy}
 export BACKEND_PORT=$BASE_PORT
 
