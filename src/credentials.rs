@@ -273,7 +273,7 @@ fn bearer(v: &HeaderValue) -> Result<Option<&str>, ProxyError> {
         .iter()
         .rposition(|&c| c != b' ')
         .map_or(start, |i| i + 1);
-    let token = &rest[start..end.max(start)];
+    let token = &rest[start..end];
     if token.is_empty() {
         return Err(ProxyError::InvalidToken("the bearer token is empty"));
     }

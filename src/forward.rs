@@ -365,7 +365,7 @@ fn spawn_tunnel(
         let (c, b) = match tokio::try_join!(client, backend) {
             Ok(pair) => pair,
             Err(e) => {
-                crate::request_log::request_event!(DEBUG, error = %e, "upgrade did not complete");
+                tracing::debug!(error = %e, "upgrade did not complete");
                 return;
             }
         };
@@ -384,10 +384,7 @@ fn spawn_tunnel(
                     .duration_since(std::time::SystemTime::now())
                     .unwrap_or(Duration::ZERO);
                 if tokio::time::timeout(left, copy).await.is_err() {
-                    crate::request_log::request_event!(
-                        INFO,
-                        "closing upgraded connection: its token has expired"
-                    );
+                    tracing::info!("closing upgraded connection: its token has expired");
                 }
             }
             None => {

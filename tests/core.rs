@@ -1902,15 +1902,13 @@ async fn a_warning_logged_for_a_request_carries_that_requests_id() {
                 .assert_error(502, "backend_unavailable");
         }
         // The lines are written before the responses; the reader thread may lag.
+        let message = |v: &serde_json::Value| common::sidecar::log_field(v, "message");
         let warnings_now = || -> Vec<serde_json::Value> {
-            sc.stdout_lines()
-                .iter()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            sc.json_lines()
+                .into_iter()
                 .filter(|v| {
                     v["level"] == "WARN"
-                        && v["fields"]["message"]
-                            .as_str()
-                            .is_some_and(|m| m.contains("backend request failed"))
+                        && message(v).is_some_and(|m| m.contains("backend request failed"))
                 })
                 .collect()
         };
@@ -1931,10 +1929,9 @@ async fn a_warning_logged_for_a_request_carries_that_requests_id() {
         );
         // Lines logged outside a request have no request id at all.
         let listening = sc
-            .stdout_lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["fields"]["message"] == "listening")
+            .json_lines()
+            .into_iter()
+            .find(|v| message(v).as_deref() == Some("listening"))
             .expect("a listening line");
         assert_eq!(
             common::sidecar::log_field(&listening, "request_id"),

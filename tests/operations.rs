@@ -109,10 +109,7 @@ async fn wait_ready(sc: &Sidecar, limit: Duration) {
 
 /// The JSON stdout lines of a sidecar.
 fn json_lines(sc: &Sidecar) -> Vec<Value> {
-    sc.stdout_lines()
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    sc.json_lines()
 }
 
 fn message_of(v: &Value) -> String {

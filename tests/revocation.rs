@@ -178,9 +178,8 @@ where
 }
 
 fn revocation_log_lines(sc: &Sidecar) -> Vec<Value> {
-    sc.stdout_lines()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    sc.json_lines()
+        .into_iter()
         .filter(|v| common::sidecar::log_field(v, "message").as_deref() == Some("revocation"))
         .collect()
 }

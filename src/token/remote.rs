@@ -184,7 +184,7 @@ impl JwksRemote {
                     }
                     Err(e) => {
                         failures += 1;
-                        crate::request_log::request_event!(WARN, error = %e, url = %this.cfg.url, "jwks: fetch failed; keeping the last good keys");
+                        tracing::warn!(error = %e, url = %this.cfg.url, "jwks: fetch failed; keeping the last good keys");
                         // Retry sooner while nothing is loaded, with a gentle backoff.
                         Duration::from_secs(1u64 << failures.min(5))
                             .min(this.cfg.min_refresh.max(Duration::from_secs(1)))

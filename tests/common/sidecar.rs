@@ -315,6 +315,14 @@ impl Sidecar {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// The stdout lines so far that are JSON log lines.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     /// stdout and stderr so far, as one text.
     pub fn logs(&self) -> String {
         let mut s = self.stdout.lock().unwrap().join("\n");
