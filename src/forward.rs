@@ -377,19 +377,14 @@ fn spawn_tunnel(
             crate::revoke::tunnel::log_end(crate::revoke::tunnel::run(c, b, deadline, stop).await);
             return;
         }
-        let copy = crate::tunnel::copy_bidirectional(&mut c, &mut b);
-        match deadline {
-            Some(at) => {
-                let left = at
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or(Duration::ZERO);
-                if tokio::time::timeout(left, copy).await.is_err() {
-                    tracing::info!("closing upgraded connection: its token has expired");
-                }
-            }
-            None => {
-                let _ = copy.await;
-            }
+        let deadline = deadline.map(|at| {
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::Instant::now() + left
+        });
+        if let Ok(None) = crate::tunnel::copy_bidirectional(&mut c, &mut b, deadline).await {
+            tracing::info!("closing upgraded connection: its token has expired");
         }
     });
 }

@@ -7,13 +7,17 @@
 //! yet are copied to the heap, and that copy is freed once written. An idle tunnel holds
 //! no copy buffer at all (benches/ws.sh measures RSS per connection).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Wake, Waker};
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// Bytes read per poll (on the stack, not kept): a WebSocket frame of up to this size
 /// passes in one read and one write.
@@ -109,21 +113,90 @@ impl Half {
     }
 }
 
+/// Which parts of a tunnel were woken since its last poll. One task drives both copy
+/// directions and the deadline; polling all three on every wake-up cost two reads that
+/// could only answer "not ready" (through hyper's upgrade layers) and a timer check per
+/// message. Each part gets its own waker that marks its bit before waking the task, and
+/// only marked parts are polled.
+struct Woken {
+    bits: AtomicU8,
+    task: AtomicWaker,
+}
+
+const A_TO_B: u8 = 1;
+const B_TO_A: u8 = 2;
+const DEADLINE: u8 = 4;
+
+struct PartWaker {
+    woken: Arc<Woken>,
+    bit: u8,
+}
+
+impl Wake for PartWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.bits.fetch_or(self.bit, Ordering::AcqRel);
+        self.woken.task.wake();
+    }
+}
+
 /// Copies `a` to `b` and `b` to `a` until both have reached end of file (each end's
-/// writer is shut down when its reader ends) or either fails. Returns the bytes copied
-/// each way, as `tokio::io::copy_bidirectional` does.
-pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+/// writer is shut down when its reader ends), either fails, or `deadline` passes
+/// (`Ok(None)`). Returns the bytes copied each way, as `tokio::io::copy_bidirectional`
+/// does.
+pub async fn copy_bidirectional<A, B>(
+    a: &mut A,
+    b: &mut B,
+    deadline: Option<Instant>,
+) -> io::Result<Option<(u64, u64)>>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    let woken = Arc::new(Woken {
+        bits: AtomicU8::new(A_TO_B | B_TO_A | DEADLINE),
+        task: AtomicWaker::new(),
+    });
+    let part = |bit| {
+        Waker::from(Arc::new(PartWaker {
+            woken: woken.clone(),
+            bit,
+        }))
+    };
+    let (w_ab, w_ba, w_deadline) = (part(A_TO_B), part(B_TO_A), part(DEADLINE));
     let mut a_to_b = Half::default();
     let mut b_to_a = Half::default();
+    let (mut ab, mut ba) = (None, None);
+    let sleep = deadline.map(tokio::time::sleep_until);
+    tokio::pin!(sleep);
     poll_fn(|cx| {
-        let ab = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
-        let ba = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        // Register before taking the bits: a wake-up after the swap then polls again.
+        woken.task.register(cx.waker());
+        let bits = woken.bits.swap(0, Ordering::AcqRel);
+        if bits & DEADLINE != 0 {
+            if let Some(s) = sleep.as_mut().as_pin_mut() {
+                if s.poll(&mut Context::from_waker(&w_deadline)).is_ready() {
+                    return Poll::Ready(Ok(None));
+                }
+            }
+        }
+        if bits & A_TO_B != 0 && ab.is_none() {
+            let cx = &mut Context::from_waker(&w_ab);
+            if let Poll::Ready(n) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
+                ab = Some(n?);
+            }
+        }
+        if bits & B_TO_A != 0 && ba.is_none() {
+            let cx = &mut Context::from_waker(&w_ba);
+            if let Poll::Ready(n) = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)) {
+                ba = Some(n?);
+            }
+        }
         match (ab, ba) {
-            (Poll::Ready(x), Poll::Ready(y)) => Poll::Ready(Ok((x, y))),
+            (Some(x), Some(y)) => Poll::Ready(Ok(Some((x, y)))),
             _ => Poll::Pending,
         }
     })
@@ -154,4 +227,124 @@ where
         Poll::Ready(Ok(buf.filled().to_vec()))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    type Ended = tokio::task::JoinHandle<io::Result<Option<(u64, u64)>>>;
+
+    /// A client and a backend joined by the tunnel: (client end, backend end, tunnel task).
+    fn joined(
+        buf: usize,
+        deadline: Option<Instant>,
+    ) -> (tokio::io::DuplexStream, tokio::io::DuplexStream, Ended) {
+        let (client, mut a) = duplex(buf);
+        let (mut b, backend) = duplex(buf);
+        let task = tokio::spawn(async move { copy_bidirectional(&mut a, &mut b, deadline).await });
+        (client, backend, task)
+    }
+
+    #[tokio::test]
+    async fn many_small_messages_each_way_arrive_in_order_and_are_counted() {
+        let (mut client, mut backend, task) = joined(64, None);
+        let echo = tokio::spawn(async move {
+            let mut m = [0u8; 32];
+            for _ in 0..2_000 {
+                backend.read_exact(&mut m).await.unwrap();
+                backend.write_all(&m).await.unwrap();
+            }
+            backend.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            backend.read_to_end(&mut rest).await.unwrap();
+            rest.len()
+        });
+        // A lost wake-up shows as a stall: fail it rather than hang.
+        let pingpong = async {
+            for i in 0..2_000u32 {
+                let mut m = [0u8; 32];
+                m[..4].copy_from_slice(&i.to_be_bytes());
+                client.write_all(&m).await.unwrap();
+                let mut back = [0u8; 32];
+                client.read_exact(&mut back).await.unwrap();
+                assert_eq!(back, m, "message {i} came back changed");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), pingpong)
+            .await
+            .expect("the echo stalled");
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(echo.await.unwrap(), 0);
+        let counts = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap();
+        assert_eq!(counts.unwrap().unwrap(), Some((64_000, 64_000)));
+    }
+
+    #[tokio::test]
+    async fn a_large_transfer_to_a_slow_reader_is_delivered_whole() {
+        // A 64-byte pipe: nearly every write stalls, so the pending-bytes path and the
+        // write-side wake-ups carry the transfer.
+        let (mut client, mut backend, task) = joined(64, None);
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 100];
+        loop {
+            let n = backend.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            got == data,
+            "{} of {} bytes, or reordered",
+            got.len(),
+            data.len()
+        );
+        drop(backend);
+        drop(writer.await.unwrap());
+        let counts = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap();
+        assert_eq!(counts.unwrap().unwrap(), Some((1_000_000, 0)));
+    }
+
+    #[tokio::test]
+    async fn the_deadline_ends_an_idle_tunnel_and_a_busy_one() {
+        let (_client, _backend, task) =
+            joined(64, Some(Instant::now() + Duration::from_millis(50)));
+        let ended = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap();
+        assert!(matches!(ended, Ok(Ok(None))), "{ended:?}");
+
+        let (mut client, mut backend, task) =
+            joined(64, Some(Instant::now() + Duration::from_millis(200)));
+        let chatter = tokio::spawn(async move {
+            let mut m = [7u8; 16];
+            while client.write_all(&m).await.is_ok() && backend.read_exact(&mut m).await.is_ok() {}
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap();
+        assert!(matches!(ended, Ok(Ok(None))), "{ended:?}");
+        tokio::time::timeout(Duration::from_secs(5), chatter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }
