@@ -372,7 +372,7 @@ fn spawn_tunnel(
         let _open = metrics.upgraded_guard();
         let _count = TunnelCount::new();
         let mut c = TokioIo::new(c);
-        let mut b = TokioIo::new(b);
+        let mut b = crate::pool::BackendTunnel::from(b);
         if let Some(stop) = revoked {
             crate::revoke::tunnel::log_end(crate::revoke::tunnel::run(c, b, deadline, stop).await);
             return;

@@ -2021,6 +2021,110 @@ async fn large_websocket_messages_in_flight_together_arrive_whole_and_in_order()
     .await
 }
 
+/// An unmasked WebSocket text frame (server to client), payload under 126 bytes.
+fn server_text_frame(text: &str) -> Vec<u8> {
+    let mut f = vec![0x81, text.len() as u8];
+    f.extend_from_slice(text.as_bytes());
+    f
+}
+
+/// A backend that speaks first: its greeting frame goes out in the same write as its 101,
+/// so hyper reads it together with the response head. The tunnel takes the backend
+/// socket back out of hyper's upgrade layers and must still deliver those bytes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_greeting_sent_with_its_101_reaches_the_client_first() {
+    bounded(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let received = Arc::new(AtomicUsize::new(0));
+        let seen = received.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let (mut head, mut chunk) = (Vec::new(), [0u8; 4096]);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the upgrade request ended early");
+                head.extend_from_slice(&chunk[..n]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let key = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key"))
+                .map(|(_, v)| v.trim().to_string())
+                .expect("the upgrade carries its key");
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let mut out = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            )
+            .into_bytes();
+            out.extend_from_slice(&server_text_frame("welcome"));
+            s.write_all(&out).await.unwrap();
+            // Then each client frame (one small frame per read on loopback) gets an ack.
+            loop {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                seen.fetch_add(n, Ordering::SeqCst);
+                if s.write_all(&server_text_frame("ack")).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let Rig { sc, .. } = Rig::builder().backend(url).start().await;
+        let auth = bearer(&valid());
+        let (mut ws, resp) = ws_connect(&sc.ws_url("/ws"), &[("authorization", &auth)])
+            .await
+            .expect("upgrade through the sidecar");
+        assert_eq!(resp.status(), 101);
+        let next = |m: Option<Result<Message, tungstenite::Error>>| match m {
+            Some(Ok(Message::Text(t))) => t.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        };
+        let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("the greeting within 5 s");
+        assert_eq!(next(first), "welcome");
+        ws.send(Message::Text("hello".into())).await.unwrap();
+        let ack = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("the ack within 5 s");
+        assert_eq!(next(ack), "ack");
+        // A masked 5-byte text frame: 2 header bytes, 4 mask bytes, the payload.
+        assert_eq!(received.load(Ordering::SeqCst), 11);
+    })
+    .await
+}
+
+/// A WebSocket to an HTTPS backend: the tunnel runs over the backend's TLS stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_to_an_https_backend_echoes_both_ways() {
+    bounded(async {
+        let backend = Backend::start().await;
+        let front = common::tls::TlsFront::start(backend.addr).await;
+        let ca = q(&common::tls::tls_path("ca.pem"));
+        let rig = Rig::builder()
+            .backend(front.url(""))
+            .cfg(|c| c.backend("ca_file", &ca))
+            .start()
+            .await;
+        let auth = bearer(&valid());
+        let (mut ws, resp) = ws_connect(&rig.sc.ws_url("/ws"), &[("authorization", &auth)])
+            .await
+            .expect("upgrade through the sidecar");
+        assert_eq!(resp.status(), 101);
+        for text in ["over TLS", "and again"] {
+            assert_eq!(ws_roundtrip(&mut ws, text).await, text);
+        }
+        let _ = ws.close(None).await;
+        assert_eq!(backend.ws_messages(), 2);
+        assert!(front.handshakes_ok() >= 1);
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_without_a_token_gets_401_and_no_tunnel() {
     bounded(async {
