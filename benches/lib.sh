@@ -74,8 +74,9 @@ find_envoy() {
 # Builds the release binary unless BUILD=0 (cargo is a no-op when nothing changed).
 build_sidecar() {
   if [[ $BUILD == 1 ]]; then
-    log "cargo build --release (BUILD=0 to skip)"
-    (cd "$ROOT" && cargo build --release --locked --bin auth-sidecar >&2) || die "cargo build failed"
+    log "cargo build --release, AUTH_SIDECAR_RELR=${AUTH_SIDECAR_RELR:-1} as in the image (BUILD=0 to skip)"
+    (cd "$ROOT" && AUTH_SIDECAR_RELR=${AUTH_SIDECAR_RELR:-1} cargo build --release --locked --bin auth-sidecar >&2) ||
+      die "cargo build failed"
   fi
   [[ -x $SIDECAR_BIN ]] || die "no sidecar binary at $SIDECAR_BIN (cargo build --release)"
   # What was built (or found), recorded now: the tree may move on while the run goes.
