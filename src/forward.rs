@@ -10,7 +10,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Status
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::ProxyBody;
 use crate::config::Backend;
@@ -371,8 +371,8 @@ fn spawn_tunnel(
         };
         let _open = metrics.upgraded_guard();
         let _count = TunnelCount::new();
-        let mut c = TokioIo::new(c);
-        let mut b = crate::pool::BackendTunnel::from(b);
+        let mut c = crate::client_io::client_tunnel(c);
+        let mut b = crate::pool::backend_tunnel(b);
         if let Some(stop) = revoked {
             crate::revoke::tunnel::log_end(crate::revoke::tunnel::run(c, b, deadline, stop).await);
             return;

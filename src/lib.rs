@@ -16,6 +16,7 @@
 pub(crate) mod admin;
 pub(crate) mod assertion;
 pub(crate) mod body;
+pub(crate) mod client_io;
 pub mod config;
 pub(crate) mod cors;
 pub mod credentials;

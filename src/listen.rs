@@ -9,15 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::client_io::{self, StallGuard};
 use crate::config::{Server, Tls};
 use crate::proxy::{self, ConnInfo, State};
+use crate::tunnel;
 
 /// The server TLS acceptor, rebuilt when the certificate files change.
 pub struct TlsReloader {
@@ -95,30 +96,41 @@ pub fn build_acceptor(files: &Tls) -> Result<tokio_rustls::TlsAcceptor, String> 
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// Builds the per-connection protocol settings from config.
-fn builder(s: &Server) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    {
-        let mut h1 = b.http1();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(s.header_read_timeout)
-            .max_buf_size(s.max_header_bytes.max(8192))
-            .writev(false)
-            .keep_alive(true);
-        if s.max_headers != 100 {
-            // Non-default counts move header parsing to the heap; only pay when asked.
-            h1.max_headers(s.max_headers);
-        }
+/// The per-connection protocol settings, from config. hyper's own HTTP/1.1 and HTTP/2
+/// builders rather than hyper-util's `auto` one, which wraps every connection in a
+/// private type: served this way an upgraded cleartext connection can be downcast back
+/// to its socket (`client_io::client_tunnel`), and the tunnel skips hyper's layers.
+struct Protocols {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    /// The time a new connection has to show which protocol it speaks.
+    sniff_timeout: Duration,
+}
+
+fn builder(s: &Server) -> Protocols {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(s.header_read_timeout)
+        .max_buf_size(s.max_header_bytes.max(8192))
+        .writev(false)
+        .keep_alive(true);
+    if s.max_headers != 100 {
+        // Non-default counts move header parsing to the heap; only pay when asked.
+        h1.max_headers(s.max_headers);
     }
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(s.max_header_bytes as u32)
         .max_concurrent_streams(256)
         .max_pending_accept_reset_streams(64)
         .max_local_error_reset_streams(Some(64))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    b
+    Protocols {
+        h1,
+        h2,
+        sniff_timeout: s.header_read_timeout,
+    }
 }
 
 /// The proxy's workers, serving until `shutdown` turns true.
@@ -230,7 +242,7 @@ async fn keep_timer_awake() {
 /// What the workers share: protocol settings, the connection limit, the grace period.
 #[derive(Clone)]
 struct Shared {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Protocols>,
     limit: Arc<Semaphore>,
     grace: Duration,
 }
@@ -249,7 +261,8 @@ async fn serve(
         limit,
         grace,
     } = shared;
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a clone of `open`; the drain ends when all are dropped.
+    let (open, mut closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -272,7 +285,10 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let watcher = Watcher {
+            shutdown: shutdown.clone(),
+            _open: open.clone(),
+        };
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -296,11 +312,70 @@ async fn serve(
         worker = crate::pool::worker(),
         "listener closed; draining in-flight requests"
     );
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drop(open);
+    if tokio::time::timeout(grace, closed.recv()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+/// What a connection keeps while it is served: the shutdown signal, and its share of
+/// the drain (`serve` waits until every share is dropped).
+struct Watcher {
+    shutdown: watch::Receiver<bool>,
+    _open: tokio::sync::mpsc::Sender<()>,
+}
+
+/// A served connection that can be asked to finish its in-flight requests and close.
+trait Graceful: std::future::Future<Output = hyper::Result<()>> {
+    fn graceful(self: std::pin::Pin<&mut Self>);
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<I, B, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, B, S> Graceful for http2::Connection<I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<BoxError>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Resolves once shutdown has begun (at once if it already has).
+async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await.map(|_| ());
+}
+
+/// Serves `conn` to its end; on shutdown lets it finish what is in flight first.
+async fn drive<C: Graceful>(conn: C, mut watcher: Watcher, remote: SocketAddr) {
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutting_down(&mut watcher.shutdown) => {
+            conn.as_mut().graceful();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%remote, error = %e, "connection ended with an error");
     }
 }
 
@@ -309,8 +384,8 @@ async fn serve_conn<S>(
     remote: SocketAddr,
     tls: bool,
     state: Arc<ArcSwap<State>>,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    protocols: &Protocols,
+    watcher: Watcher,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -322,10 +397,25 @@ async fn serve_conn<S>(
         let st = state.load_full();
         async move { Ok::<_, Infallible>(proxy::handle(st, req, info).await) }
     });
-    let io = StallGuard::new(io, stall);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(%remote, error = %e, "connection ended with an error");
+    let mut io = StallGuard::new(io, stall);
+    let (h2, seen) =
+        match tokio::time::timeout(protocols.sniff_timeout, client_io::sniff(&mut io)).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "connection ended before its first request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "no request within the header read timeout");
+                return;
+            }
+        };
+    let io = TokioIo::new(tunnel::Early::new(&seen, io));
+    if h2 {
+        drive(protocols.h2.serve_connection(io, svc), watcher, remote).await;
+    } else {
+        let conn = protocols.h1.serve_connection(io, svc).with_upgrades();
+        drive(conn, watcher, remote).await;
     }
 }
 
@@ -357,114 +447,4 @@ pub async fn reachable(authority: &http::uri::Authority, default_port: u16) -> b
         .await,
         Ok(Ok(_))
     )
-}
-
-pin_project_lite::pin_project! {
-    /// A client connection cut off when a write makes no progress for `stall`: a client
-    /// that stops reading a response (or a WebSocket) cannot hold the backend connection
-    /// behind it forever. The timer exists only once a write has had to wait.
-    struct StallGuard<S> {
-        #[pin]
-        io: S,
-        stall: Duration,
-        timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-        waiting: bool,
-    }
-}
-
-impl<S> StallGuard<S> {
-    fn new(io: S, stall: Duration) -> Self {
-        StallGuard {
-            io,
-            stall,
-            timer: None,
-            waiting: false,
-        }
-    }
-}
-
-/// A write that could not proceed: arm the timer on the first wait; an error once it fires.
-fn stalled(
-    stall: Duration,
-    timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    waiting: &mut bool,
-    cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<std::io::Error> {
-    use std::future::Future;
-    let deadline = tokio::time::Instant::now() + stall;
-    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-    if !*waiting {
-        *waiting = true;
-        t.as_mut().reset(deadline);
-    }
-    match t.as_mut().poll(cx) {
-        std::task::Poll::Ready(()) => std::task::Poll::Ready(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "the client stopped reading",
-        )),
-        std::task::Poll::Pending => std::task::Poll::Pending,
-    }
-}
-
-macro_rules! guarded {
-    ($this:ident, $cx:ident, $call:expr) => {
-        match $call {
-            std::task::Poll::Pending => {
-                stalled(*$this.stall, $this.timer, $this.waiting, $cx).map(Err)
-            }
-            ready => {
-                *$this.waiting = false;
-                ready
-            }
-        }
-    };
-}
-
-impl<S: tokio::io::AsyncWrite> tokio::io::AsyncWrite for StallGuard<S> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = self.project();
-        guarded!(this, cx, this.io.poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = self.project();
-        guarded!(this, cx, this.io.poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.project();
-        guarded!(this, cx, this.io.poll_flush(cx))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
-}
-
-impl<S: tokio::io::AsyncRead> tokio::io::AsyncRead for StallGuard<S> {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().io.poll_read(cx, buf)
-    }
 }

@@ -24,6 +24,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 
 use crate::inbound::Inbound;
+use crate::tunnel::Early;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -305,42 +306,28 @@ impl H1Pool {
 /// of this pool's (nearly always): the tunnel then reads and writes the socket itself
 /// instead of through hyper's boxed upgrade layers, about a tenth of the instructions
 /// per echoed WebSocket message (benches/ws.sh).
-enum Socket {
+pub enum Socket {
     Plain(tokio::net::TcpStream),
     /// (hyper-rustls wraps the socket for hyper, then the TLS stream for tokio.)
     Tls(Box<tokio_rustls::client::TlsStream<TokioIo<TokioIo<tokio::net::TcpStream>>>>),
     Hyper(TokioIo<hyper::upgrade::Upgraded>),
 }
 
-/// A backend's upgraded connection, with any bytes hyper had read past the 101.
-pub struct BackendTunnel {
-    /// Sent by the backend right after its 101 and already read by hyper: the client
-    /// gets them first.
-    early: bytes::Bytes,
-    io: Socket,
-}
-
 type PoolIo = hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 
-impl From<hyper::upgrade::Upgraded> for BackendTunnel {
-    fn from(up: hyper::upgrade::Upgraded) -> Self {
-        match up.downcast::<PoolIo>() {
-            Ok(parts) => BackendTunnel {
-                // Copied out: `read_buf` is a view of hyper's whole read buffer (8 KiB or
-                // more), which it would keep alive for the life of the tunnel.
-                early: bytes::Bytes::copy_from_slice(&parts.read_buf),
-                io: match parts.io {
-                    hyper_rustls::MaybeHttpsStream::Http(tcp) => Socket::Plain(tcp.into_inner()),
-                    hyper_rustls::MaybeHttpsStream::Https(tls) => {
-                        Socket::Tls(Box::new(tls.into_inner()))
-                    }
-                },
+/// The backend side of a tunnel, with any bytes hyper had read past the 101 first.
+pub fn backend_tunnel(up: hyper::upgrade::Upgraded) -> Early<Socket> {
+    match up.downcast::<PoolIo>() {
+        Ok(parts) => Early::new(
+            &parts.read_buf,
+            match parts.io {
+                hyper_rustls::MaybeHttpsStream::Http(tcp) => Socket::Plain(tcp.into_inner()),
+                hyper_rustls::MaybeHttpsStream::Https(tls) => {
+                    Socket::Tls(Box::new(tls.into_inner()))
+                }
             },
-            Err(up) => BackendTunnel {
-                early: bytes::Bytes::new(),
-                io: Socket::Hyper(TokioIo::new(up)),
-            },
-        }
+        ),
+        Err(up) => Early::new(&[], Socket::Hyper(TokioIo::new(up))),
     }
 }
 
@@ -354,45 +341,36 @@ macro_rules! each_io {
     };
 }
 
-impl tokio::io::AsyncRead for BackendTunnel {
+impl tokio::io::AsyncRead for Socket {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if !this.early.is_empty() {
-            let n = this.early.len().min(buf.remaining());
-            buf.put_slice(&this.early.split_to(n));
-            if this.early.is_empty() {
-                this.early = bytes::Bytes::new();
-            }
-            return std::task::Poll::Ready(Ok(()));
-        }
-        each_io!(&mut this.io, s => std::pin::Pin::new(s).poll_read(cx, buf))
+        each_io!(self.get_mut(), s => std::pin::Pin::new(s).poll_read(cx, buf))
     }
 }
 
-impl tokio::io::AsyncWrite for BackendTunnel {
+impl tokio::io::AsyncWrite for Socket {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        each_io!(&mut self.get_mut().io, s => std::pin::Pin::new(s).poll_write(cx, buf))
+        each_io!(self.get_mut(), s => std::pin::Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        each_io!(&mut self.get_mut().io, s => std::pin::Pin::new(s).poll_flush(cx))
+        each_io!(self.get_mut(), s => std::pin::Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        each_io!(&mut self.get_mut().io, s => std::pin::Pin::new(s).poll_shutdown(cx))
+        each_io!(self.get_mut(), s => std::pin::Pin::new(s).poll_shutdown(cx))
     }
 }

@@ -113,6 +113,79 @@ impl Half {
     }
 }
 
+/// A stream with bytes already read from it served first: what hyper had buffered past
+/// an upgrade's head, or what the listener read to tell HTTP/2 from HTTP/1.1. Holds no
+/// memory once they are read.
+pub struct Early<S> {
+    early: bytes::Bytes,
+    io: S,
+}
+
+impl<S> Early<S> {
+    /// Copies `early`: it is often a view of a much larger read buffer that it would
+    /// otherwise keep alive for the life of the connection.
+    pub fn new(early: &[u8], io: S) -> Self {
+        Early {
+            early: bytes::Bytes::copy_from_slice(early),
+            io,
+        }
+    }
+
+    /// The bytes not read yet and the stream.
+    pub fn into_parts(self) -> (bytes::Bytes, S) {
+        (self.early, self.io)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Early<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            buf.put_slice(&this.early.split_to(n));
+            if this.early.is_empty() {
+                this.early = bytes::Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Early<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// Which parts of a tunnel were woken since its last poll. One task drives both copy
 /// directions and the deadline; polling all three on every wake-up cost two reads that
 /// could only answer "not ready" (through hyper's upgrade layers) and a timer check per

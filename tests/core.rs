@@ -2098,6 +2098,50 @@ async fn a_backend_greeting_sent_with_its_101_reaches_the_client_first() {
     .await
 }
 
+/// A client that sends its first frame in the same write as its upgrade request: hyper
+/// reads the frame along with the head, and the tunnel, which takes the client socket
+/// back out of hyper, must still pass it on to the backend first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_frame_sent_with_its_upgrade_request_reaches_the_backend() {
+    bounded(async {
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c).await;
+        let mut s = TcpStream::connect(sc.addr).await.unwrap();
+        let mut out = format!(
+            "GET /ws HTTP/1.1\r\nHost: chat.local\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\nAuthorization: {}\r\n\r\n",
+            bearer(&valid())
+        )
+        .into_bytes();
+        // A masked text frame "early" (mask 1,2,3,4).
+        let mask = [1u8, 2, 3, 4];
+        out.extend_from_slice(&[0x81, 0x80 | 5]);
+        out.extend_from_slice(&mask);
+        out.extend(b"early".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        s.write_all(&out).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let want = server_text_frame("early");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !got.windows(want.len()).any(|w| w == want.as_slice()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, s.read(&mut chunk))
+                .await
+                .expect("the echo within 5 s")
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        assert_eq!(backend.ws_messages(), 1);
+    })
+    .await
+}
+
 /// A WebSocket to an HTTPS backend: the tunnel runs over the backend's TLS stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_to_an_https_backend_echoes_both_ways() {
