@@ -1536,6 +1536,41 @@ async fn a_changed_config_file_is_picked_up_without_a_signal() {
 // 9. Slowloris, header limits, connection cap
 // ---------------------------------------------------------------------------
 
+/// A client that connects and never sends a byte holds a connection slot; it is closed
+/// once `server.header_read_timeout` passes, as a client that drips its head is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_the_header_read_timeout() {
+    bounded(async {
+        let Rig { backend, sc, .. } =
+            Rig::start_with(|c| c.server("header_read_timeout", "\"1s\"")).await;
+        let mut silent = TcpStream::connect(sc.addr).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(6), async {
+            loop {
+                match silent.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        let after = started.elapsed();
+        assert!(
+            closed.is_ok(),
+            "the silent client was still connected after {after:?}"
+        );
+        assert!(
+            after >= Duration::from_millis(900) && after <= Duration::from_secs(3),
+            "closed after {after:?} with header_read_timeout = 1s"
+        );
+        let r = get(&sc.url("/api/after"), Some(&valid())).await;
+        assert_eq!(r.ok_echo().path, "/api/after");
+        assert_eq!(backend.count(), 1);
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_client_is_cut_off_while_others_are_served() {
     bounded(async {
