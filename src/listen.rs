@@ -385,7 +385,7 @@ async fn serve_conn<S>(
     tls: bool,
     state: Arc<ArcSwap<State>>,
     protocols: &Protocols,
-    watcher: Watcher,
+    mut watcher: Watcher,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -398,18 +398,22 @@ async fn serve_conn<S>(
         async move { Ok::<_, Infallible>(proxy::handle(st, req, info).await) }
     });
     let mut io = StallGuard::new(io, stall);
-    let (h2, seen) =
-        match tokio::time::timeout(protocols.sniff_timeout, client_io::sniff(&mut io)).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                tracing::debug!(%remote, error = %e, "connection ended before its first request");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%remote, "no request within the header read timeout");
-                return;
-            }
-        };
+    let sniffed = tokio::select! {
+        r = tokio::time::timeout(protocols.sniff_timeout, client_io::sniff(&mut io)) => r,
+        // Nothing asked yet, so nothing to finish: a drain need not wait for it.
+        _ = shutting_down(&mut watcher.shutdown) => return,
+    };
+    let (h2, seen) = match sniffed {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "connection ended before its first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "no request within the header read timeout");
+            return;
+        }
+    };
     let io = TokioIo::new(tunnel::Early::new(&seen, io));
     if h2 {
         drive(protocols.h2.serve_connection(io, svc), watcher, remote).await;

@@ -1290,6 +1290,41 @@ fn admin_from_logs(sc: &mut Sidecar) {
 // 7. SIGTERM
 // ---------------------------------------------------------------------------
 
+/// A connection that has sent nothing yet has no request to finish: SIGTERM does not wait
+/// for its header read timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_does_not_wait_for_a_connection_that_sent_nothing() {
+    bounded(async {
+        let Rig {
+            backend: _backend,
+            mut sc,
+            ..
+        } = Rig::start_with(|c| {
+            c.server("shutdown_grace", "\"20s\"")
+                .server("header_read_timeout", "\"15s\"")
+        })
+        .await;
+        wait_ready(&sc, Duration::from_secs(5)).await;
+        let mut silent = TcpStream::connect(sc.addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let term = Instant::now();
+        let status = sc.stop().expect("no exit status");
+        let took = term.elapsed();
+        assert!(status.success(), "exit status {status:?}\n{}", sc.logs());
+        assert!(
+            took < Duration::from_secs(5),
+            "exit took {took:?} (header read timeout 15 s, grace 20 s)"
+        );
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut buf)).await;
+        assert!(
+            matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+            "the silent connection was left open: {n:?}"
+        );
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_request_in_flight_stops_accepting_and_exits_0() {
     bounded(async {
