@@ -1,6 +1,6 @@
 //! What a client connection is read and written through: the write-stall guard, the
 //! bytes read to tell HTTP/2 from HTTP/1.1, and, after a WebSocket upgrade, the socket
-//! taken back out of hyper. A leaf: `listen` builds these, `forward` unwraps them.
+//! taken back out of hyper. `listen` builds these, `forward` unwraps them.
 
 use std::io;
 use std::pin::Pin;
@@ -19,7 +19,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Reads until the first bytes tell the protocol: `(true, bytes)` for the HTTP/2
 /// preface, `(false, bytes)` as soon as a byte differs from it (the first byte for
 /// every HTTP/1.1 method but `P…`), or at end of file. The bytes read are returned to be
-/// served again in front of the connection (`Sniffed`).
+/// served again in front of the connection (`tunnel::Early`).
 pub async fn sniff<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<(bool, Vec<u8>)> {
     let mut seen = Vec::with_capacity(H2_PREFACE.len());
     let mut buf = [0u8; 24];
@@ -39,12 +39,9 @@ pub async fn sniff<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<(bool, Vec<u8
     }
 }
 
-/// A connection with the bytes `sniff` read served again first.
-pub type Sniffed<S> = Early<StallGuard<S>>;
-
-/// The cleartext client connection type hyper serves, so that an upgraded connection
-/// can be downcast back to its socket.
-type PlainIo = TokioIo<Sniffed<TcpStream>>;
+/// The cleartext client connection type hyper serves (`listen::serve_conn`), so that an
+/// upgraded connection can be downcast back to its socket.
+type PlainIo = TokioIo<Early<StallGuard<TcpStream>>>;
 
 /// A client's upgraded connection: the socket itself when it is a cleartext one (its
 /// write-stall guard kept), else hyper's `Upgraded`.
