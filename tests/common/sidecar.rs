@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use super::config::Cfg;
 
-/// Path of the binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_auth-sidecar");
+/// Path of the binary under test: cargo's build of this crate, or another build of the same
+/// tree given in `SIDECAR_TEST_BIN` (a release or PGO build: `benches/pgo.sh`).
+pub fn bin() -> String {
+    std::env::var("SIDECAR_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_auth-sidecar").into())
+}
 
 /// How long the binary may take to report that it listens.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -45,7 +48,7 @@ pub struct StartFailure {
 }
 
 fn base_command(dir: &std::path::Path, env: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.current_dir(dir);
     // The developer's shell must not change what the tests run: no config overrides, no
     // RUST_LOG overriding [log].
