@@ -3,6 +3,7 @@
 # auth-sidecar container image.
 #
 #   docker build -t auth-sidecar:0.1.0 .
+#   docker build --build-arg PGO=1 -t auth-sidecar:0.1.0 .   # profile-guided (faster; slower build)
 #   docker run --rm -p 8080:8080 -p 9901:9901 \
 #     -v "$PWD/secrets:/etc/auth-sidecar/secrets:ro" auth-sidecar:0.1.0
 #
@@ -15,10 +16,18 @@ WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and target/ between builds (BuildKit). DT_RELR (build.rs):
 # the runtime below is Debian 12 with glibc 2.36, so the compact relocations are safe.
+# --build-arg PGO=1: a profile-guided build (benches/pgo.sh: it installs nginx, wrk and
+# llvm-N of rustc's LLVM with apt-get, trains an instrumented build on loopback, rebuilds).
+ARG PGO=0
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    AUTH_SIDECAR_RELR=1 cargo build --release --locked --bin auth-sidecar \
- && install -D -m 0755 target/release/auth-sidecar /out/auth-sidecar
+    if [ "$PGO" = 1 ]; then \
+      PGO_DIR=/src/target/pgo bash benches/pgo.sh \
+      && install -D -m 0755 target/pgo/auth-sidecar /out/auth-sidecar; \
+    else \
+      AUTH_SIDECAR_RELR=1 cargo build --release --locked --bin auth-sidecar \
+      && install -D -m 0755 target/release/auth-sidecar /out/auth-sidecar; \
+    fi
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="auth-sidecar" \

@@ -59,6 +59,8 @@ if [[ $BUILD == 1 ]]; then
 fi
 GEN_BIN=$PGO_DIR/gen/release/auth-sidecar
 [[ -x $GEN_BIN ]] || die "no instrumented binary at $GEN_BIN"
+# RUSTFLAGS also instrumented the build scripts, which wrote profiles while cargo ran them.
+rm -f "$RAW"/*.profraw
 WS_BIN=$ROOT/target/release/examples/ws_bench
 
 need_cryptography
