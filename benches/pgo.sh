@@ -128,11 +128,17 @@ shopt -s nullglob
 raws=("$RAW"/*.profraw)
 ((${#raws[@]})) || die "the instrumented sidecar wrote no profile to $RAW"
 "$PROFDATA" merge -o "$PGO_DIR/merged.profdata" "${raws[@]}" || die "llvm-profdata merge failed"
-log "merged ${#raws[@]} profile(s) into $PGO_DIR/merged.profdata"
+# Cargo tracks RUSTFLAGS, not the file they name: a profile under its own hash makes a new
+# profile rebuild every crate instead of leaving dependencies built with the last one.
+sum=$(sha256sum "$PGO_DIR/merged.profdata" | cut -c1-16)
+rm -f "$PGO_DIR"/merged-*.profdata
+PROFILE=$PGO_DIR/merged-$sum.profdata
+mv "$PGO_DIR/merged.profdata" "$PROFILE"
+log "merged ${#raws[@]} profile(s) into $PROFILE"
 
 log "optimised build (-Cprofile-use) in $PGO_DIR/use"
 (cd "$ROOT" && CARGO_TARGET_DIR=$PGO_DIR/use AUTH_SIDECAR_RELR=${AUTH_SIDECAR_RELR:-1} \
-  RUSTFLAGS="-Cprofile-use=$PGO_DIR/merged.profdata" cargo build --release --locked --bin auth-sidecar >&2) ||
+  RUSTFLAGS="-Cprofile-use=$PROFILE" cargo build --release --locked --bin auth-sidecar >&2) ||
   die "PGO build failed"
 cp "$PGO_DIR/use/release/auth-sidecar" "$PGO_DIR/auth-sidecar"
 log "PGO binary: $PGO_DIR/auth-sidecar"
