@@ -100,12 +100,6 @@ envs_of() { # environment for the target (CAND_ENV for cand; SIDECAR_ENV for sid
     bare-same) echo "BARE_SAME_TASK=1" ;;
   esac
 }
-stop() {
-  local pid=${P_PID[$1]}
-  kill -TERM -- "-$pid" 2>/dev/null
-  for ((i = 0; i < 100; i++)); do pgrep -g "$pid" >/dev/null 2>&1 || return 0; sleep 0.1; done
-  kill -KILL -- "-$pid" 2>/dev/null; sleep 0.2
-}
 load() { # PORT SECONDS OUT
   timeout $(($2 + 30)) wrk -t1 -c"$CONNS" -d"${2}s" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$1/" >"$3" 2>&1
 }

@@ -115,6 +115,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# stop KEY [WAIT_S] : TERM to KEY's process group, KILL if it is still there after WAIT_S
+# (10) seconds.
+stop() {
+  local pid=${P_PID[$1]} i
+  kill -TERM -- "-$pid" 2>/dev/null
+  for ((i = 0; i < ${2:-10} * 10; i++)); do pgrep -g "$pid" >/dev/null 2>&1 || return 0; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null
+  sleep 0.2
+}
+
 port_free() { ! ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
 
 # start_proc KEY LOGFILE CMD... : CMD in its own session and process group.

@@ -78,7 +78,7 @@ load() { # seconds, wrk arguments...
 url=http://127.0.0.1:$SIDECAR_PORT/
 
 # train ALG CACHE_CAPACITY [EXTRA_AUTH_TOML]: one instrumented sidecar, its loads, SIGTERM
-# (the profile is written when the process exits).
+# (the profile is written when the process exits, so it gets 20 s before a KILL).
 train() {
   local alg=$1 cap=$2 extra=${3:-}
   sidecar_conf "$SIDECAR_PORT" "$ADMIN_PORT" "$alg" "$cap" "$extra" >"$CONF/sidecar-$alg.toml"
@@ -100,9 +100,7 @@ train() {
       log "h2load not installed (nghttp2-client): no HTTP/2 training"
     fi
   fi
-  local pid=${P_PID[sidecar-$alg]}
-  kill -TERM -- "-$pid" 2>/dev/null
-  for ((i = 0; i < 200; i++)); do pgrep -g "$pid" >/dev/null 2>&1 || break; sleep 0.1; done
+  stop "sidecar-$alg" 20
 }
 
 # WebSocket messages: a third instrumented sidecar, in front of the echo server.
@@ -119,9 +117,7 @@ if [[ -x $WS_BIN ]]; then
     timeout $((PGO_S + 60)) "$WS_BIN" load "ws://127.0.0.1:$SIDECAR_PORT/ws" 16 "$PGO_S" "$(cat "$BENCH_DIR/token.rs256")" \
       >>"$LOGS/ws.out" 2>&1 || log "ws_bench load failed (see $LOGS/ws.out)"
   fi
-  pid=${P_PID[sidecar-ws]}
-  kill -TERM -- "-$pid" 2>/dev/null
-  for ((i = 0; i < 200; i++)); do pgrep -g "$pid" >/dev/null 2>&1 || break; sleep 0.1; done
+  stop sidecar-ws 20
 fi
 
 shopt -s nullglob

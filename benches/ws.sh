@@ -96,13 +96,6 @@ start() { # start KEY : a fresh proxy, answering a WebSocket echo
   done
   die "$key: no WebSocket echo through :$port (see $LOGS)"
 }
-stop() { # stop KEY : its process group, TERM then KILL
-  local pid=${P_PID[$1]}
-  kill -TERM -- "-$pid" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do pgrep -g "$pid" >/dev/null 2>&1 || return 0; sleep 0.1; done
-  kill -KILL -- "-$pid" 2>/dev/null
-  sleep 0.2
-}
 
 IDLE=$BENCH_DIR/idle.tsv MSGS=$BENCH_DIR/msgs.tsv
 printf 'target\tround\tKiB/conn\tRSS before MiB\tRSS open MiB\tidle CPU %%\topened\n' >"$IDLE"
@@ -140,7 +133,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     pct=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN{printf "%.0f", d / hz / s * 100}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$k" "$round" "${rate:-0}" "$us" "$pct" "${errs:-0}" >>"$MSGS"
     log "round $round $k msgs: ${rate:-?} msg/s, $us µs/msg, cpu $pct %, errors ${errs:-?}"
-    stop "$k"
+    stop "$k" 5
   done
 done
 

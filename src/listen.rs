@@ -361,7 +361,8 @@ where
 
 /// Resolves once shutdown has begun (at once if it already has).
 async fn shutting_down(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await.map(|_| ());
+    // A dropped sender (the workers' owner gone) counts as shutdown too.
+    let _ = rx.wait_for(|v| *v).await;
 }
 
 /// Serves `conn` to its end; on shutdown lets it finish what is in flight first.
