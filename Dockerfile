@@ -1,4 +1,6 @@
-# syntax=docker/dockerfile:1
+# No `# syntax=` line: the Dockerfile frontend built into BuildKit (Docker 20.10 and later)
+# has the cache mounts used below, and a build then needs no image from Docker Hub beyond
+# its two base images (air-gapped builders and registry mirrors work).
 #
 # auth-sidecar container image.
 #
