@@ -295,14 +295,25 @@ async fn serve(
             let _open = state.load().metrics.connection_guard();
             match tls {
                 None => serve_conn(stream, remote, false, state, &builder, watcher).await,
+                // Boxed: a task holds room for its largest branch for the life of the
+                // connection, and the TLS one is twice the plain one's size.
                 Some(t) => {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), t.current().accept(stream));
-                    match handshake.await {
-                        Ok(Ok(s)) => serve_conn(s, remote, true, state, &builder, watcher).await,
-                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                    }
+                    Box::pin(async move {
+                        let handshake = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            t.current().accept(stream),
+                        );
+                        match handshake.await {
+                            Ok(Ok(s)) => {
+                                serve_conn(s, remote, true, state, &builder, watcher).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%remote, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                        }
+                    })
+                    .await
                 }
             }
         });
@@ -417,7 +428,13 @@ async fn serve_conn<S>(
     };
     let io = TokioIo::new(tunnel::Early::new(&seen, io));
     if h2 {
-        drive(protocols.h2.serve_connection(io, svc), watcher, remote).await;
+        // Boxed, as above: HTTP/1.1 connections need not hold room for HTTP/2's state.
+        Box::pin(drive(
+            protocols.h2.serve_connection(io, svc),
+            watcher,
+            remote,
+        ))
+        .await;
     } else {
         let conn = protocols.h1.serve_connection(io, svc).with_upgrades();
         drive(conn, watcher, remote).await;

@@ -215,7 +215,9 @@ impl H1Pool {
             return Ok(Some((tx, me, true)));
         }
         if let Some((slot, dial)) = self.try_slot() {
-            return Ok(Some((self.connect(slot, dial).await?, me, false)));
+            // Boxed: dialing is rare, and its future would otherwise grow every request's.
+            let tx = Box::pin(self.connect(slot, dial)).await?;
+            return Ok(Some((tx, me, false)));
         }
         let n = self.idle.len();
         Ok((1..n)

@@ -148,12 +148,12 @@ pub async fn handle(
     let result = async {
         if let Some(fa) = &state.cfg.forward_auth {
             if is_decision_path(fa, parts.uri.path()) {
-                return answer_decision(&state, &mut ctx, &mut parts, &conn, fa).await;
+                return Box::pin(answer_decision(&state, &mut ctx, &mut parts, &conn, fa)).await;
             }
         }
         if let Some(te) = &state.token_endpoint {
             if te.matches(parts.uri.path()) {
-                return answer_tokens(&state, &mut ctx, &mut parts, te).await;
+                return Box::pin(answer_tokens(&state, &mut ctx, &mut parts, te)).await;
             }
         }
         if let Some(c) = state
@@ -410,19 +410,22 @@ async fn authorize(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<()
 }
 
 /// On a non-public route: the verified identity, renewed when expired, or a refusal.
+// The renewals, the session check and the key fetch are awaited boxed: a future holds
+// room for its largest await, and every request's future is moved several times on its
+// way to the first poll, so unboxed these rare paths made each request copy kilobytes.
 async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(), ProxyError> {
     let app_token = ctx.owned.app_token.as_deref();
     let Some(cred) = state.credentials.access_token(parts, ctx.upgrade)? else {
         if let (Some(t), Some(intro)) = (app_token, &state.introspector) {
             if !state.cfg.auth.has_keys() && state.lifecycle.can_initiate() {
                 // Every token is opaque here: the new one is checked by the session check.
-                let s = state.lifecycle.start_opaque(t, intro).await?;
+                let s = Box::pin(state.lifecycle.start_opaque(t, intro)).await?;
                 ctx.renewed(s);
                 return Ok(());
             }
         }
         if app_token.is_some() && state.lifecycle.can_renew() {
-            let s = state.lifecycle.renew(None, None, app_token).await?;
+            let s = Box::pin(state.lifecycle.renew(None, None, app_token)).await?;
             check_revoked(state, &mut ctx.revoke_seen, &s.verified)?;
             ctx.renewed(s);
             return Ok(());
@@ -439,13 +442,20 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
         // Opaque (non-JWT) tokens are checked with the token service.
         if !state.cfg.auth.has_keys() || cred.token.bytes().filter(|b| *b == b'.').count() != 2 {
             let app_token = app_token.map(str::to_string);
-            return identify_opaque(state, ctx, intro, &cred.token, app_token.as_deref()).await;
+            return Box::pin(identify_opaque(
+                state,
+                ctx,
+                intro,
+                &cred.token,
+                app_token.as_deref(),
+            ))
+            .await;
         }
     }
     let mut verdict = state.verifier.verify(&cred.token);
     if matches!(verdict, Err(crate::token::VerifyError::UnknownKid)) {
         if let Some(jwks) = &state.jwks {
-            if jwks.on_unknown_kid(&state.verifier).await {
+            if Box::pin(jwks.on_unknown_kid(&state.verifier)).await {
                 verdict = state.verifier.verify(&cred.token);
             }
             if !jwks.loaded() {
@@ -467,7 +477,7 @@ async fn identify(state: &State, ctx: &mut Ctx<'_>, parts: &Parts) -> Result<(),
             // before the token service is asked.
             check_revoked(state, &mut ctx.revoke_seen, &old)?;
             let refresh = ctx.owned.refresh_token.as_deref();
-            let s = state.lifecycle.renew(Some(old), refresh, app_token).await?;
+            let s = Box::pin(state.lifecycle.renew(Some(old), refresh, app_token)).await?;
             check_revoked(state, &mut ctx.revoke_seen, &s.verified)?;
             ctx.renewed(s);
         }
