@@ -51,25 +51,7 @@ declare -A PORT=([backend]=$BASE_PORT [sidecar]=$((BASE_PORT + 1)) [cand]=$((BAS
   [bare]=$((BASE_PORT + 3)) [nginx]=$((BASE_PORT + 4)) [sidecar2]=$((BASE_PORT + 5))
   [bare2]=$((BASE_PORT + 6)) [nginx2]=$((BASE_PORT + 7)) [bare-same]=$((BASE_PORT + 8)))
 backend_conf "$BASE_PORT" >"$CONF/backend.conf"
-{
-  nginx_common nginx-proxy
-  cat <<EOF
-  upstream backend {
-    server 127.0.0.1:$BASE_PORT;
-    keepalive 64;
-    keepalive_requests 100000000;
-  }
-  server {
-    listen 127.0.0.1:${PORT[nginx]} backlog=4096;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
-} >"$CONF/nginx-proxy2.conf"
+nginx_proxy_conf nginx-proxy "${PORT[nginx]}" >"$CONF/nginx-proxy2.conf"
 sed 's/^master_process on;/master_process off;/' "$CONF/nginx-proxy2.conf" >"$CONF/nginx-proxy.conf"
 sed -i -e 's/^worker_processes 1;/worker_processes 2;/' -e "s|:${PORT[nginx]} |:${PORT[nginx2]} |" \
   -e "s|run/nginx-proxy|run/nginx-proxy2|g" "$CONF/nginx-proxy2.conf"

@@ -39,24 +39,7 @@ ORDER=(nginx sidecar)
 [[ -n $CAND_BIN ]] && ORDER+=(cand)
 
 backend_conf "$BASE_PORT" >"$CONF/backend.conf"
-{
-  nginx_common nginx-ka
-  cat <<EOF
-  upstream backend {
-    server 127.0.0.1:$BASE_PORT;
-    keepalive 64;
-  }
-  server {
-    listen 127.0.0.1:${PORT[nginx]} backlog=4096;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
-} | sed -e 's/worker_connections 8192;/worker_connections 20000;/' \
+nginx_proxy_conf nginx-ka "${PORT[nginx]}" | sed -e 's/worker_connections 8192;/worker_connections 20000;/' \
   -e 's/^worker_processes 1;/worker_processes 1;\nworker_rlimit_nofile 20000;/' >"$CONF/nginx-ka.conf"
 for k in sidecar cand; do
   sidecar_conf "${PORT[$k]}" "$((PORT[$k] + 10))" rs256 100000 >"$CONF/$k.toml"
@@ -90,22 +73,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
   for k in "${ORDER[@]}"; do
     start "$k"
     sleep 1
-    r0=$(rss_kb "$k")
     out=$BENCH_DIR/out/idle.$k.r$round.txt
-    start_proc "client-$k-$round" "$out" python3 "$BENCH_HERE/keepalive.py" "${PORT[$k]}" "$KA_N" "$TOKEN" $((IDLE_S + 30))
-    for ((i = 0; i < 1200; i++)); do grep -q '^OPEN' "$out" 2>/dev/null && break; sleep 0.1; done
-    opened=$(awk '/^OPEN/{print $2}' "$out")
-    sleep 2
-    r1=$(rss_kb "$k"); c0=$(cpu_ticks "$k")
-    sleep "$IDLE_S"
-    c1=$(cpu_ticks "$k"); r2=$(rss_kb "$k")
-    ((r2 > r1)) && r1=$r2
-    stop "client-$k-$round" 5
-    kib=$(awk -v a="$r0" -v b="$r1" -v n="${opened:-0}" 'BEGIN{ if (n > 0) printf "%.2f", (b - a) / n; else print 0 }')
-    cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v s="$IDLE_S" 'BEGIN{printf "%.2f", d / hz / s * 100}')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$k" "$round" "$kib" "$(awk -v a="$r0" 'BEGIN{printf "%.1f", a/1024}')" \
-      "$(awk -v a="$r1" 'BEGIN{printf "%.1f", a/1024}')" "$cpu" "${opened:-0}" >>"$IDLE"
-    log "round $round $k: ${opened:-0}/$KA_N open, $kib KiB/conn, RSS $((r0 / 1024)) -> $((r1 / 1024)) MiB, idle CPU $cpu %"
+    idle_round "$k" "$round" "$IDLE" "$out" \
+      python3 "$BENCH_HERE/keepalive.py" "${PORT[$k]}" "$KA_N" "$TOKEN" $((IDLE_S + 30))
+    log "round $round $k: ${IDLE_OPENED:-0}/$KA_N open, $IDLE_KIB KiB/conn, RSS $((IDLE_R0 / 1024)) -> $((IDLE_R1 / 1024)) MiB, idle CPU $IDLE_CPU %"
     grep -v '^OPEN' "$out" | head -3 >&2
     stop "$k" 5
   done

@@ -165,6 +165,29 @@ cpu_ticks() { # sum of utime+stime over KEY's process group
   echo "$s"
 }
 
+# idle_round KEY ROUND TSV OUT CMD... : starts CMD (a client that prints `OPEN n ...` once its
+# connections are open, then holds them) beside the running proxy KEY, and appends to TSV
+# KEY's RSS per open connection and its CPU over IDLE_S seconds with all of them open.
+# Sets IDLE_OPENED, IDLE_KIB, IDLE_CPU, IDLE_R0 and IDLE_R1 (KiB) for the caller's log line.
+idle_round() {
+  local key=$1 round=$2 tsv=$3 out=$4 i c0 c1 r2
+  shift 4
+  IDLE_R0=$(rss_kb "$key")
+  start_proc "client-$key-$round" "$out" "$@"
+  for ((i = 0; i < 1200; i++)); do grep -q '^OPEN' "$out" 2>/dev/null && break; sleep 0.1; done
+  IDLE_OPENED=$(awk '/^OPEN/{print $2}' "$out")
+  sleep 2
+  IDLE_R1=$(rss_kb "$key"); c0=$(cpu_ticks "$key")
+  sleep "$IDLE_S"
+  c1=$(cpu_ticks "$key"); r2=$(rss_kb "$key")
+  ((r2 > IDLE_R1)) && IDLE_R1=$r2
+  stop "client-$key-$round" 5
+  IDLE_KIB=$(awk -v a="$IDLE_R0" -v b="$IDLE_R1" -v n="${IDLE_OPENED:-0}" 'BEGIN{ if (n > 0) printf "%.2f", (b - a) / n; else print 0 }')
+  IDLE_CPU=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v s="$IDLE_S" 'BEGIN{printf "%.2f", d / hz / s * 100}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$round" "$IDLE_KIB" "$(awk -v a="$IDLE_R0" 'BEGIN{printf "%.1f", a/1024}')" \
+    "$(awk -v a="$IDLE_R1" 'BEGIN{printf "%.1f", a/1024}')" "$IDLE_CPU" "${IDLE_OPENED:-0}" >>"$tsv"
+}
+
 # metric ADMIN_PORT 'name{labels}' : one sample from the sidecar's /metrics (0 if absent).
 metric() {
   curl -s --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null |
@@ -193,6 +216,28 @@ http {
   keepalive_requests 100000000;
   keepalive_timeout 120s;
   default_type text/plain;
+EOF
+}
+
+# nginx_proxy_conf NAME PORT : nginx `proxy_pass` on PORT to the backend on BACKEND_PORT,
+# with a keep-alive upstream pool (the reference proxy of run.sh, count.sh, keepalive.sh).
+nginx_proxy_conf() {
+  nginx_common "$1"
+  cat <<EOF
+  upstream backend {
+    server 127.0.0.1:$BACKEND_PORT;
+    keepalive 64;
+    keepalive_requests 100000000;
+  }
+  server {
+    listen 127.0.0.1:$2 backlog=4096;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
 EOF
 }
 

@@ -189,25 +189,7 @@ tokens_file() { echo "$BENCH_DIR/tokens.distinct.$1.txt"; }
 
 # ---------------------------------------------------------------- configs
 backend_conf "$BASE_PORT" >"$CONF/nginx-backend.conf"
-{
-  nginx_common nginx-proxy
-  cat <<EOF
-  upstream backend {
-    server 127.0.0.1:$BASE_PORT;
-    keepalive 64;
-    keepalive_requests 100000000;
-  }
-  server {
-    listen 127.0.0.1:$(pfield nginx-proxy 0) backlog=4096;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
-} >"$CONF/nginx-proxy.conf"
+nginx_proxy_conf nginx-proxy "$(pfield nginx-proxy 0)" >"$CONF/nginx-proxy.conf"
 # nginx2: the same proxy with 2 worker processes (its own pid/temp dir and port).
 sed -e 's/^worker_processes 1;/worker_processes 2;/' -e "s|run/nginx-proxy|run/nginx-proxy2|g" \
   -e "s|logs/nginx-proxy.err|logs/nginx-proxy2.err|" \

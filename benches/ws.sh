@@ -106,22 +106,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     start "$k"
     url="ws://127.0.0.1:${PORT[$k]}/ws"
     sleep 1
-    r0=$(rss_kb "$k")
     out=$BENCH_DIR/out/idle.$k.r$round.txt
-    start_proc "client-$k-$round" "$out" "$WS_BIN" idle "$url" "$WS_N" $((IDLE_S + 30)) "$TOKEN"
-    for ((i = 0; i < 1200; i++)); do grep -q '^OPEN' "$out" 2>/dev/null && break; sleep 0.1; done
-    opened=$(awk '/^OPEN/{print $2}' "$out")
-    sleep 2
-    r1=$(rss_kb "$k"); c0=$(cpu_ticks "$k")
-    sleep "$IDLE_S"
-    c1=$(cpu_ticks "$k"); r2=$(rss_kb "$k")
-    ((r2 > r1)) && r1=$r2
-    kill -TERM -- "-${P_PID[client-$k-$round]}" 2>/dev/null
-    kib=$(awk -v a="$r0" -v b="$r1" -v n="${opened:-0}" 'BEGIN{ if (n > 0) printf "%.2f", (b - a) / n; else print 0 }')
-    cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v s="$IDLE_S" 'BEGIN{printf "%.2f", d / hz / s * 100}')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$k" "$round" "$kib" "$(awk -v a="$r0" 'BEGIN{printf "%.1f", a/1024}')" \
-      "$(awk -v a="$r1" 'BEGIN{printf "%.1f", a/1024}')" "$cpu" "${opened:-0}" >>"$IDLE"
-    log "round $round $k idle: ${opened:-0}/$WS_N open (echoed: $(awk '/^OPEN/{print $4}' "$out")), $kib KiB/conn, RSS $((r0 / 1024)) -> $((r1 / 1024)) MiB, idle CPU $cpu %"
+    idle_round "$k" "$round" "$IDLE" "$out" "$WS_BIN" idle "$url" "$WS_N" $((IDLE_S + 30)) "$TOKEN"
+    log "round $round $k idle: ${IDLE_OPENED:-0}/$WS_N open (echoed: $(awk '/^OPEN/{print $4}' "$out")), $IDLE_KIB KiB/conn, RSS $((IDLE_R0 / 1024)) -> $((IDLE_R1 / 1024)) MiB, idle CPU $IDLE_CPU %"
     grep -v '^OPEN' "$out" | head -3 >&2
     sleep 2
     out=$BENCH_DIR/out/msgs.$k.r$round.txt
