@@ -122,6 +122,7 @@ for k in $COUNT_TARGETS; do
         total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(/,/,"",$1); print $1; exit}')
         callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null | sed -n '/^Ir/,$p' | head -n 60 >"$out.inclusive.txt"
         callgrind_annotate --threshold=100 "$dump" 2>/dev/null | sed -n '/^Ir/,$p' | head -n 60 >"$out.exclusive.txt"
+        wrk_all_2xx "$out.wrk" || die "$k: not every response was 2xx; the count would be wrong"
         n=$(reqs "$out.wrk")
         printf '%s\tinstr/req\t%s\n' "$k" "$(awk -v t="${total:-0}" -v n="${n:-0}" 'BEGIN{ if (n > 0) printf "%.0f", t / n; else print 0 }')" >>"$RES"
         ;;
@@ -132,6 +133,7 @@ for k in $COUNT_TARGETS; do
         sleep 0.3
         load "$port" "$COUNT_S" "$out.wrk"
         kill -INT "$ppid" 2>/dev/null; wait "$ppid" 2>/dev/null
+        wrk_all_2xx "$out.wrk" || die "$k: not every response was 2xx; the count would be wrong"
         n=$(reqs "$out.wrk")
         sc=$(awk -F, '/raw_syscalls:sys_enter/{print $1}' "$out.txt")
         cs=$(awk -F, '/context-switches/{print $1}' "$out.txt")
@@ -146,6 +148,7 @@ for k in $COUNT_TARGETS; do
         sleep 0.5
         load "$port" "$COUNT_S" "$out.wrk"
         kill -INT "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+        wrk_all_2xx "$out.wrk" || die "$k: not every response was 2xx; the count would be wrong"
         n=$(reqs "$out.wrk")
         total=$(awk '$NF=="total"{print $4}' "$out.txt")
         printf '%s\tsyscalls/req (strace)\t%s\n' "$k" "$(awk -v t="${total:-0}" -v n="${n:-0}" 'BEGIN{ if (n > 0) printf "%.2f", t / n; else print 0 }')" >>"$RES"

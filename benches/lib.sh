@@ -147,6 +147,17 @@ wait_http() {
   return 1
 }
 
+# wrk_all_2xx WRK_OUTPUT : fails (with wrk's own line) when any response was not 2xx/3xx,
+# so a per-request figure never silently counts 401s or 502s.
+wrk_all_2xx() {
+  local bad
+  bad=$(awk '/Non-2xx/{print $NF}' "$1")
+  grep -q 'requests in' "$1" || { log "$1: wrk gave no result"; return 1; }
+  [[ -z $bad ]] && return 0
+  log "$1: $bad non-2xx responses of $(awk '/requests in/{print $1}' "$1")"
+  return 1
+}
+
 tree_pids() { pgrep -g "${P_PID[$1]}" 2>/dev/null; }
 rss_kb() { # sum of VmRSS over KEY's process group
   local p s=0 v

@@ -79,6 +79,7 @@ if [[ $TOOL == callgrind ]]; then
   callgrind_control -i off "$SPID" >/dev/null
   callgrind_control -d "$SPID" >/dev/null
   sleep 1
+  wrk_all_2xx "$BENCH_DIR/wrk/profile.txt" || die "not every response was 2xx; the profile would be of errors"
   REQS=$(awk '/requests in/{print $1}' "$BENCH_DIR/wrk/profile.txt")
   DUMP=$(ls -t "$OUT"* | head -n 1)
   TOTAL=$(callgrind_annotate "$DUMP" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(/,/,"",$1); print $1; exit}')
@@ -102,6 +103,7 @@ else
   sleep 1
   timeout $((PROFILE_S + 20)) perf record -e cpu-clock -F 2000 -g -p "$SPID" -o "$BENCH_DIR/perf.data" -- sleep "$PROFILE_S" >/dev/null 2>&1
   wait "$WRK_PID"; WRK_PID=""
+  wrk_all_2xx "$BENCH_DIR/wrk/profile.txt" || die "not every response was 2xx; the profile would be of errors"
   {
     echo "### perf cpu-clock: $ALG, workload=$WORKLOAD, c=$CONNS"
     echo '```'
