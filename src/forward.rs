@@ -150,11 +150,11 @@ impl Forwarder {
         metrics: &Metrics,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_upgrade = hop.upgrade.then(|| hyper::upgrade::on(&mut req));
-        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // HTTP/2 clients name the host in `:authority` (the URI), HTTP/1.1 in `Host`.
+        let uri_host = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         {
             // Hop-by-hop headers were removed by the proxy before identity was set.
             let h = req.headers_mut();
@@ -162,8 +162,8 @@ impl Forwarder {
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
-            h.insert(header::HOST, self.host.clone());
-            if let Some(orig) = original_host {
+            // The client's Host comes back from the insert: no copy of it is made.
+            if let Some(orig) = h.insert(header::HOST, self.host.clone()).or(uri_host) {
                 h.insert(X_FORWARDED_HOST, orig);
             }
             append_forwarded_for(h, &hop.client_ip);
@@ -172,13 +172,15 @@ impl Forwarder {
                 HeaderValue::from_static(if hop.tls { "https" } else { "http" }),
             );
         }
-        let pq = self.path_and_query(hop.path, hop.query)?;
         let started = std::time::Instant::now();
         let limit = self.response_timeout;
         let sent = match &self.client {
             BackendClient::H1(pool) => {
-                // HTTP/1.1 to an origin server: origin-form target (RFC 9112 §3.2.1).
-                *req.uri_mut() = Uri::from(pq);
+                // HTTP/1.1 to an origin server: origin-form target (RFC 9112 §3.2.1). The
+                // client's own target is kept when it is already that (the common case).
+                if !self.same_target(req.uri(), hop.path, hop.query) {
+                    *req.uri_mut() = Uri::from(self.path_and_query(hop.path, hop.query)?);
+                }
                 *req.version_mut() = Version::HTTP_11;
                 match tokio::time::timeout(limit, pool.send(req)).await {
                     Err(_) => Err(ProxyError::BackendTimeout),
@@ -187,7 +189,7 @@ impl Forwarder {
                 }
             }
             BackendClient::H2(client) => {
-                *req.uri_mut() = self.absolute(pq)?;
+                *req.uri_mut() = self.absolute(self.path_and_query(hop.path, hop.query)?)?;
                 // A WebSocket upgrade is an HTTP/1.1 mechanism.
                 *req.version_mut() = if hop.upgrade {
                     Version::HTTP_11
@@ -225,6 +227,16 @@ impl Forwarder {
         let (mut parts, body) = resp.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, ProxyBody::stream(body, lease)))
+    }
+
+    /// Whether the request's target is already the origin-form one the backend gets:
+    /// no base path, the decided path and query unchanged, no scheme or authority.
+    fn same_target(&self, uri: &Uri, path: &str, query: Option<&str>) -> bool {
+        self.base_path.is_empty()
+            && uri.scheme().is_none()
+            && uri.authority().is_none()
+            && uri.path() == path
+            && uri.query() == query
     }
 
     /// The backend's path and query: the configured base path, then the decided path.
@@ -336,19 +348,32 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
 }
 
 fn append_forwarded_for(h: &mut HeaderMap, ip: &HeaderValue) {
-    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            format!("{prev}, {}", ip.to_str().unwrap_or(""))
-        }
-        _ => {
-            h.insert(X_FORWARDED_FOR, ip.clone());
+    use http::header::Entry;
+    let mut prev = match h.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(v) => {
+            v.insert(ip.clone());
             return;
         }
+        Entry::Occupied(o) => o,
     };
-    // Several XFF headers are folded into one so the backend reads a single list.
-    h.remove(&X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(X_FORWARDED_FOR, v);
+    // Several XFF headers are folded into one list, in order, so the backend reads a
+    // single list that ends with the peer the sidecar saw.
+    let mut list = String::new();
+    for v in prev.iter() {
+        let v = v.to_str().unwrap_or("").trim();
+        if !v.is_empty() {
+            list.push_str(v);
+            list.push_str(", ");
+        }
+    }
+    list.push_str(ip.to_str().unwrap_or(""));
+    match HeaderValue::from_str(&list) {
+        Ok(v) => {
+            prev.insert(v);
+        }
+        Err(_) => {
+            prev.insert(ip.clone());
+        }
     }
 }
 

@@ -1505,6 +1505,26 @@ async fn x_forwarded_headers_are_set() {
         );
         assert_eq!(e.header_all("x-forwarded-proto"), vec!["http"]);
         assert_eq!(e.header_all("x-forwarded-host"), vec!["app.example.com"]);
+        // Several XFF headers (one empty): one list, in order, the peer last.
+        let e = raw(
+            sc.addr,
+            &raw_req(
+                "GET",
+                "/echo",
+                &[
+                    ("Authorization", &auth),
+                    ("X-Forwarded-For", "203.0.113.7"),
+                    ("X-Forwarded-For", " "),
+                    ("X-Forwarded-For", "198.51.100.2, 192.0.2.9"),
+                ],
+            ),
+        )
+        .await
+        .ok_echo();
+        assert_eq!(
+            e.header_all("x-forwarded-for"),
+            vec!["203.0.113.7, 198.51.100.2, 192.0.2.9, 127.0.0.1"]
+        );
     })
     .await
 }
@@ -1662,6 +1682,27 @@ async fn an_absolute_form_target_is_sent_to_the_backend_only() {
         assert_eq!(backend.count(), 1);
         assert_eq!(hits.load(Ordering::SeqCst), 0, "the sidecar connected to the authority in the request");
         lure_task.abort();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_url_with_a_path_prefixes_every_forwarded_path() {
+    bounded(async {
+        let Rig { backend, sc, .. } = Rig::start_with(|c| {
+            let url = c.backend["url"].trim_matches('"').to_string();
+            c.backend("url", &q(&format!("{url}/api/")))
+        })
+        .await;
+        let t = valid();
+        let e = get(&sc, "/echo?x=1", Some(&t)).await.ok_echo();
+        assert_eq!(e.path, "/api/echo");
+        assert_eq!(e.query.as_deref(), Some("x=1"));
+        // A path the sidecar rewrote (dot segments) goes under the prefix too.
+        let e = get(&sc, "/a/../echo", Some(&t)).await.ok_echo();
+        assert_eq!(e.path, "/api/echo");
+        assert_eq!(e.query, None);
+        assert_eq!(backend.count(), 2);
     })
     .await
 }

@@ -1215,7 +1215,83 @@ async fn metrics_count_decisions_cache_hits_and_open_connections() {
             text.contains("# TYPE auth_sidecar_requests_total counter"),
             "{text}"
         );
+        // The backend latency histogram: one sample per forwarded request, cumulative
+        // buckets ending in +Inf = count, a positive sum.
+        let lat = |s: &[Sample], n: &str, l: &[(&str, &str)]| metric(s, n, l).unwrap_or(0.0);
+        let count = "auth_sidecar_backend_seconds_count";
+        assert_eq!(lat(&m1, count, &[]) - lat(&m0, count, &[]), 3.0, "{text}");
+        assert!(
+            text.contains("# TYPE auth_sidecar_backend_seconds histogram"),
+            "{text}"
+        );
+        let buckets: Vec<f64> = m1
+            .iter()
+            .filter(|s| s.name == "auth_sidecar_backend_seconds_bucket")
+            .map(|s| s.value)
+            .collect();
+        assert_eq!(buckets.len(), 15, "{text}");
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{text}");
+        assert_eq!(
+            lat(
+                &m1,
+                "auth_sidecar_backend_seconds_bucket",
+                &[("le", "+Inf")]
+            ),
+            lat(&m1, count, &[]),
+            "{text}"
+        );
+        assert!(
+            lat(&m1, "auth_sidecar_backend_seconds_sum", &[]) > 0.0,
+            "{text}"
+        );
         assert_eq!(backend.count(), 3);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_sum_every_workers_requests() {
+    bounded(async {
+        // Each worker thread counts into its own tally; a scrape sums them all.
+        let Rig { backend, sc, .. } = Rig::start_with(|c| c.server("worker_threads", "2")).await;
+        let tok = valid();
+        let (_, m0) = scrape(&sc).await;
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (url, tok) = (sc.url("/api/w"), tok.clone());
+            tasks.push(tokio::spawn(async move {
+                // A client per task: its own connections, spread over the workers.
+                let c = client();
+                for _ in 0..10 {
+                    let r = c.get(&url).bearer_auth(&tok).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+                let r = c.get(&url).send().await.unwrap();
+                assert_eq!(r.status(), 401);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (text, m1) = scrape(&sc).await;
+        let d = |n: &str, l: &[(&str, &str)]| {
+            metric(&m1, n, l).unwrap_or(0.0) - metric(&m0, n, l).unwrap_or(0.0)
+        };
+        let allowed = [("decision", "allowed"), ("status", "2xx")];
+        let rejected = [("decision", "rejected"), ("status", "4xx")];
+        assert_eq!(d("auth_sidecar_requests_total", &allowed), 80.0, "{text}");
+        assert_eq!(d("auth_sidecar_requests_total", &rejected), 8.0, "{text}");
+        assert_eq!(d("auth_sidecar_backend_seconds_count", &[]), 80.0, "{text}");
+        let lookups = d("auth_sidecar_verify_cache_total", &[("result", "hit")])
+            + d("auth_sidecar_verify_cache_total", &[("result", "miss")]);
+        assert_eq!(lookups, 80.0, "{text}");
+        assert_eq!(backend.count(), 80);
+        // A second scrape without traffic reads the same totals.
+        let (_, m2) = scrape(&sc).await;
+        assert_eq!(
+            metric(&m2, "auth_sidecar_requests_total", &allowed),
+            metric(&m1, "auth_sidecar_requests_total", &allowed)
+        );
     })
     .await
 }
