@@ -367,14 +367,7 @@ fn append_forwarded_for(h: &mut HeaderMap, ip: &HeaderValue) {
         }
     }
     list.push_str(ip.to_str().unwrap_or(""));
-    match HeaderValue::from_str(&list) {
-        Ok(v) => {
-            prev.insert(v);
-        }
-        Err(_) => {
-            prev.insert(ip.clone());
-        }
-    }
+    prev.insert(HeaderValue::from_str(&list).unwrap_or_else(|_| ip.clone()));
 }
 
 /// Copies bytes both ways once both sides have switched protocols; closes at the
