@@ -378,13 +378,12 @@ fn assert_original_refused(r: &Resp, what: &str) {
 fn readiness_is_the_proxys_own_listener_not_any_on_the_port() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let other = std::process::Command::new("sleep")
+    let mut other = std::process::Command::new("sleep")
         .arg("30")
         .spawn()
         .unwrap();
     let mine = common::ports::listens(std::process::id(), port);
     let theirs = common::ports::listens(other.id(), port);
-    let mut other = other;
     let _ = other.kill();
     let _ = other.wait();
     assert!(mine, "this process listens on {port}: not seen");
@@ -397,6 +396,25 @@ fn readiness_is_the_proxys_own_listener_not_any_on_the_port() {
         !common::ports::listens(std::process::id(), port),
         "a closed listener was seen"
     );
+}
+
+/// A "proxy" that never listens, on a port another listener (this test) holds: the
+/// start must not be taken as done because the port accepts; it ends when the process
+/// exits, with that said.
+#[test]
+fn a_port_held_by_another_listener_is_not_the_proxy_started() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let child = std::process::Command::new("sleep")
+        .arg("1")
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    match Front::started(child, port, "sleep", dir, log) {
+        Ok(_) => panic!("a process that never listened was taken as started on {port}"),
+        Err(why) => assert!(why.contains("exited"), "{why}"),
+    }
 }
 
 async fn decide(sc: &Sidecar, path: &str, headers: &[(&str, &str)]) -> Resp {

@@ -52,12 +52,30 @@ impl Front {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the process itself listens on the port and it accepts; the log if the
-    /// process exits first (or never listens). Accepting alone is not enough: the port was
-    /// free a moment ago, and another test's listener may hold it for a while (a CI run
-    /// saw the first request refused after a bare connect check passed, with a clean
-    /// nginx log).
-    fn wait_ready(mut self) -> Result<Front, String> {
+    /// The proxy `child`, spawned to listen on 127.0.0.1:`port`, once the process itself
+    /// listens there and it accepts; the log if it exits first (or never listens).
+    /// Accepting alone is not enough: the port was free a moment ago, and another test's
+    /// listener may hold it for a while (a CI run saw the first request refused after a
+    /// bare connect check passed, with a clean nginx log).
+    pub fn started(
+        child: Child,
+        port: u16,
+        kind: &'static str,
+        dir: tempfile::TempDir,
+        log: PathBuf,
+    ) -> Result<Front, String> {
+        let mut f = Front {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            kind,
+            child,
+            dir,
+            log,
+        };
+        f.wait_ready()?;
+        Ok(f)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -67,7 +85,7 @@ impl Front {
             if listens(self.child.id(), self.addr.port())
                 && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
             {
-                return Ok(self);
+                return Ok(());
             }
             if Instant::now() > deadline {
                 let log = self.log();
@@ -213,14 +231,7 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
-        let front = Front {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            kind: "nginx",
-            child,
-            dir,
-            log,
-        };
-        match front.wait_ready() {
+        match Front::started(child, port, "nginx", dir, log) {
             Ok(f) => return f,
             Err(why) => last = why,
         }
@@ -448,14 +459,7 @@ pub fn start_envoy(backend: SocketAddr, sidecar: SocketAddr) -> Front {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let front = Front {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            kind: "envoy",
-            child,
-            dir,
-            log,
-        };
-        match front.wait_ready() {
+        match Front::started(child, port, "envoy", dir, log) {
             Ok(f) => return f,
             Err(why) => last = why,
         }

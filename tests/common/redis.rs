@@ -168,11 +168,13 @@ impl RedisServer {
             let pid = self.child.as_ref().map(|c| c.id());
             let ours = pid.is_some_and(|pid| listens(pid, self.port));
             match self.try_cmd(&["PING"], Duration::from_millis(500)) {
-                Ok(Reply::Status(s)) if s == "PONG" && ours => return Ok(()),
-                Ok(Reply::Status(s)) if s == "PONG" && Instant::now() >= deadline => {
-                    return Err("PONG from a server that is not this redis-server".into())
-                }
                 Ok(Reply::Status(s)) if s == "PONG" => {
+                    if ours {
+                        return Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        return Err("PONG from a server that is not this redis-server".into());
+                    }
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 Ok(other) => return Err(format!("PING answered {other:?}")),
